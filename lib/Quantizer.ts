@@ -1,0 +1,141 @@
+/**
+ * Quantizers: fake quantization of a tensor to `2^b` uniform levels over a clipping range.
+ *
+ * Eq. 1 of the ODM paper: `q(x; l, u) = round((clip(x, l, u) − l) / s) · s + l` with
+ * `s = (u − l) / (2^b − 1)`; both `l` and `u` are levels. Rounding is half-to-even forward and
+ * identity backward (STE), so autodiff through the expression gives (SPEC §1):
+ * inside the range `∂q/∂x = 1`, `∂q/∂u = (q − x)/(u − l)`, `∂q/∂l = (x − q)/(u − l)`;
+ * above `u`, `∂q/∂u = 1`; below `l`, `∂q/∂l = 1`; `∂q/∂x = 0` outside.
+ *
+ * Activations use {@link asymmetric} `[l, u]`; weights use {@link symmetric} `[−u, u]` (no zero
+ * level: 2-bit weights are ±u/3, ±u). The range comes from a {@link Range.Range} policy.
+ * `bits: 32` means no quantization.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type * as Range from "./Range.ts";
+import type { Params } from "./Tree.ts";
+
+/** Smallest width of a range, so `s > 0` whatever the learnable bounds do (SPEC §1 guards). */
+export const EPSILON = 1e-6;
+
+/** A quantizer: a bit-width, a range policy and a pure fake-quant `apply`. */
+export interface Quantizer<P extends Params = Params> {
+  /** Bit-width 1–8, or 32 for none. */
+  readonly bits: number;
+  /** Symmetric `[−u, u]` (weights) or asymmetric `[l, u]` (activations). */
+  readonly symmetric: boolean;
+  /** Name for logs, e.g. `asym4·learnable(percentile(0.99))`. */
+  readonly name: string;
+  /** Learnable parameters from a sample of the tensor (calibration). */
+  readonly init: (sample: tf.Tensor) => P;
+  /** Parameters before calibration. */
+  readonly defaults: () => P;
+  /** The clipping range this quantizer uses for `x` (guards applied). */
+  readonly bounds: (params: P, x: tf.Tensor) => Range.Bounds;
+  /** Fake-quantizes `x` (STE gradients). */
+  readonly apply: (params: P, x: tf.Tensor) => tf.Tensor;
+}
+
+/** A quantizer with any parameter shape (what wrappers and schemes accept). */
+// deno-lint-ignore no-explicit-any
+export type Any = Quantizer<any>;
+
+/**
+ * Eq. 1 on tensors: the fake-quant of `x` to `bits` over `[lower, upper]`, differentiable in
+ * all three inputs.
+ *
+ * NOTE: the backward pass is written out rather than left to autodiff, because tfjs's
+ * gradients of Maximum/Minimum do not reduce over broadcast axes and broadcasting the bounds
+ * explicitly (Tile) makes tfjs build one slice per element in the backward pass. The formulas
+ * are exactly what autodiff through `min(max(x, l), u)` with a straight-through round gives
+ * (SPEC §1), and tests/Quantizer.test.ts checks them against finite differences:
+ * inside `[l, u]`: `∂q/∂x = 1`, `∂q/∂u = (q − x)/(u − l)`, `∂q/∂l = (x − q)/(u − l)`;
+ * above: `∂q/∂u = 1`; below: `∂q/∂l = 1`.
+ */
+export const fakeQuant = (
+  x: tf.Tensor,
+  lower: tf.Scalar,
+  upper: tf.Scalar,
+  bits: number,
+): tf.Tensor => fakeQuantOp(bits)(x, lower, upper);
+
+const ops = new Map<number, (x: tf.Tensor, l: tf.Scalar, u: tf.Scalar) => tf.Tensor>();
+
+function fakeQuantOp(bits: number) {
+  let op = ops.get(bits);
+  if (op) return op;
+  const levels = 2 ** bits - 1;
+  const f = tf.customGrad(
+    ((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
+      const [x, l, u, save] = args as [tf.Tensor, tf.Scalar, tf.Scalar, tf.GradSaveFunc];
+      const s = tf.div(tf.sub(u, l), levels);
+      const clipped = tf.minimum(tf.maximum(x, l), u);
+      const q = tf.add(tf.mul(tf.round(tf.div(tf.sub(clipped, l), s)), s), l);
+      // Tensors used by the backward pass must be saved: the forward's intermediates are freed.
+      save([x, l, u, q]);
+      return {
+        value: q,
+        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+          const [sx, sl, su, sq] = saved;
+          const inside = tf.logicalAnd(tf.greaterEqual(sx, sl), tf.lessEqual(sx, su));
+          const zero = tf.zerosLike(sx);
+          const dx = tf.where(inside, dy, zero);
+          const slope = tf.div(tf.mul(dy, tf.sub(sq, sx)), tf.sub(su, sl)); // dy·(q − x)/(u − l)
+          const du = tf.sum(tf.where(inside, slope, tf.where(tf.greater(sx, su), dy, zero)));
+          const dl = tf.sum(tf.where(inside, tf.neg(slope), tf.where(tf.less(sx, sl), dy, zero)));
+          return [dx, dl, du];
+        },
+      };
+    }) as Parameters<typeof tf.customGrad>[0],
+  );
+  op = (x, l, u) => f(x, l, u);
+  ops.set(bits, op);
+  return op;
+}
+
+function checkBits(bits: number): void {
+  if (!(Number.isInteger(bits) && ((bits >= 1 && bits <= 8) || bits === 32))) {
+    throw new RangeError(`quantizer bits must be an integer in 1–8 or 32, got ${bits}`);
+  }
+}
+
+function make<P extends Params>(
+  symmetric: boolean,
+  opts: { readonly bits: number; readonly range: Range.Range<P> },
+): Quantizer<P> {
+  checkBits(opts.bits);
+  const { bits, range } = opts;
+  const bounds = (params: P, x: tf.Tensor): Range.Bounds => {
+    const b = range.bounds(params, x, symmetric);
+    if (symmetric) {
+      const u = tf.maximum(b.upper, EPSILON) as tf.Scalar;
+      return { lower: tf.neg(u), upper: u };
+    }
+    return { lower: b.lower, upper: tf.maximum(b.upper, tf.add(b.lower, EPSILON)) as tf.Scalar };
+  };
+  return {
+    bits,
+    symmetric,
+    name: `${symmetric ? "sym" : "asym"}${bits}·${range.name}`,
+    init: (sample) => range.init(sample, symmetric),
+    defaults: () => range.defaults(symmetric),
+    bounds,
+    apply: (params, x) => {
+      if (bits === 32) return x;
+      const b = bounds(params, x);
+      return fakeQuant(x, b.lower, b.upper, bits);
+    },
+  };
+}
+
+/** A symmetric quantizer `[−u, u]` (weights). */
+export const symmetric = <P extends Params>(
+  opts: { readonly bits: number; readonly range: Range.Range<P> },
+): Quantizer<P> => make(true, opts);
+
+/** An asymmetric quantizer `[l, u]` (activations). */
+export const asymmetric = <P extends Params>(
+  opts: { readonly bits: number; readonly range: Range.Range<P> },
+): Quantizer<P> => make(false, opts);

@@ -1,0 +1,29 @@
+/**
+ * qat-sr: quantization-aware training of image super-resolution networks in TypeScript, on
+ * tfjs's WebGPU backend under Deno. Its first method is ODM (Hong & Lee, ECCV 2024).
+ *
+ * Each module is one concept and is re-exported here as a namespace:
+ *
+ * ```ts
+ * import { Nn, Quant, Quantizer, Range } from "./mod.ts";
+ * const conv = Nn.conv2d({ in: 64, out: 64 });
+ * const qconv = Quant.wrap({
+ *   weight: Quantizer.symmetric({ bits: 2, range: Range.clipCorrected(0.99) }),
+ *   input: Quantizer.asymmetric({ bits: 2, range: Range.learnable(Range.percentile(0.99)) }),
+ * })(conv);
+ * ```
+ *
+ * @module
+ */
+export * as Backend from "./lib/Backend.ts";
+export * as Image from "./lib/Image.ts";
+export * as Iqa from "./lib/Iqa.ts";
+export * as Nn from "./lib/Nn.ts";
+export * as Quant from "./lib/Quant.ts";
+export * as Quantizer from "./lib/Quantizer.ts";
+export * as Range from "./lib/Range.ts";
+export * as Resize from "./lib/Resize.ts";
+export * as Rng from "./lib/Rng.ts";
+export * as Ste from "./lib/Ste.ts";
+export * as Tree from "./lib/Tree.ts";
+export * as Edsr from "./models/edsr.ts";
