@@ -16,14 +16,26 @@
  * @module
  */
 export * as Backend from "./lib/Backend.ts";
+export * as Calibration from "./lib/Calibration.ts";
+export * as Checkpoint from "./lib/Checkpoint.ts";
+export * as Cooperative from "./lib/Cooperative.ts";
+export * as Data from "./lib/Data.ts";
+export * as Evaluate from "./lib/Evaluate.ts";
 export * as Image from "./lib/Image.ts";
 export * as Iqa from "./lib/Iqa.ts";
+export * as Loss from "./lib/Loss.ts";
 export * as Nn from "./lib/Nn.ts";
+export * as Optim from "./lib/Optim.ts";
+export * as Pretrained from "./lib/Pretrained.ts";
 export * as Quant from "./lib/Quant.ts";
 export * as Quantizer from "./lib/Quantizer.ts";
 export * as Range from "./lib/Range.ts";
+export * as Recipe from "./lib/Recipe.ts";
 export * as Resize from "./lib/Resize.ts";
 export * as Rng from "./lib/Rng.ts";
 export * as Ste from "./lib/Ste.ts";
+export * as Train from "./lib/Train.ts";
 export * as Tree from "./lib/Tree.ts";
 export * as Edsr from "./models/edsr.ts";
+export * as Rdn from "./models/rdn.ts";
+export * as Models from "./models/registry.ts";

@@ -393,3 +393,150 @@ export function parameterCount(
   Tree.dispose(p);
   return n;
 }
+
+/** Options of {@link denseBlock}. */
+export interface DenseOptions<I extends number> {
+  /** Input channels (RDN's G0). */
+  readonly in: I;
+  /** Channels each conv adds (the growth rate, RDN's G). */
+  readonly growth: number;
+  /** Number of conv → ReLU steps (RDN's C). */
+  readonly layers: number;
+  /** Square kernel size of the convs (default 3). */
+  readonly kernel?: number;
+}
+
+function denseOf(inChannels: number, growth: number, children: ReadonlyArray<Child>): AnyLayer {
+  children.forEach(([name, l], c) => {
+    if (l.inChannels !== inChannels + c * growth || l.outChannels !== growth) {
+      throw new Error(
+        `denseBlock: step ${name} must map ${inChannels + c * growth} → ${growth} channels, ` +
+          `got ${l.inChannels} → ${l.outChannels}`,
+      );
+    }
+  });
+  return {
+    kind: "denseBlock",
+    inChannels,
+    outChannels: inChannels + children.length * growth,
+    children,
+    meta: { growth },
+    init: (key) => fromChildren(children).init(key),
+    apply: (p, x, ctx) => {
+      let features = x;
+      for (const [name, l] of children) {
+        const y = tf.relu(
+          l.apply((p[name] as Params | undefined) ?? {}, features, childContext(ctx, name)),
+        );
+        features = tf.concat([features, y], features.rank - 1);
+      }
+      return features;
+    },
+    rebuild: (next) => denseOf(inChannels, growth, next),
+  };
+}
+
+/**
+ * A dense block (DenseNet; the "contiguous memory" of RDN's residual dense block): `layers`
+ * steps of conv → ReLU, where step c reads the concatenation `[x, y₀, …, y_{c−1}]` of the block
+ * input and every earlier step's output (`in + c·growth` channels) and adds `growth` channels.
+ * The output is the whole concatenation, `in + layers·growth` channels, input first.
+ * The convs are the children `0…layers−1`, so their paths read `convs.3.weight`.
+ *
+ * NOTE: the output channel count is a plain `number` at the type level (no literal arithmetic);
+ * `outChannels` holds the value, to size the fusion conv that follows.
+ */
+export function denseBlock<const I extends number>(o: DenseOptions<I>): Layer<I, number> {
+  checkChannels(o.in, "denseBlock in");
+  checkChannels(o.growth, "denseBlock growth");
+  if (!(Number.isInteger(o.layers) && o.layers > 0)) {
+    throw new RangeError(`denseBlock: layers must be a positive integer, got ${o.layers}`);
+  }
+  const children: Child[] = Array.from(
+    { length: o.layers },
+    (_, c) =>
+      [String(c), conv2d({ in: o.in + c * o.growth, out: o.growth, kernel: o.kernel })] as const,
+  );
+  return denseOf(o.in, o.growth, children) as Layer<I, number>;
+}
+
+function concatOutputsOf(children: ReadonlyArray<Child>): AnyLayer {
+  const first = children[0][1];
+  for (const [name, l] of children) {
+    if (l.inChannels !== first.inChannels || l.outChannels !== first.inChannels) {
+      throw new Error(
+        `concatOutputs: child ${name} must map ${first.inChannels} → ${first.inChannels} ` +
+          `channels, got ${l.inChannels} → ${l.outChannels}`,
+      );
+    }
+  }
+  return {
+    kind: "concatOutputs",
+    inChannels: first.inChannels,
+    outChannels: first.inChannels * children.length,
+    children,
+    meta: {},
+    init: (key) => fromChildren(children).init(key),
+    apply: (p, x, ctx) => {
+      const outs: tf.Tensor[] = [];
+      let y = x;
+      for (const [name, l] of children) {
+        y = l.apply((p[name] as Params | undefined) ?? {}, y, childContext(ctx, name));
+        outs.push(y);
+      }
+      return outs.length === 1 ? outs[0] : tf.concat(outs, x.rank - 1);
+    },
+    rebuild: (next) => concatOutputsOf(next),
+  };
+}
+
+/**
+ * `n` layers of `C` channels applied one after another, keeping every output: the result is
+ * the channel concatenation `[y₁, …, yₙ]` (`n·C` channels), as RDN feeds all its residual dense
+ * blocks' outputs to global feature fusion. Children named `0…n−1`, like {@link repeat}.
+ */
+export function concatOutputs<C extends number>(
+  n: number,
+  make: (i: number) => Layer<C, C>,
+): Layer<C, number> {
+  if (!(Number.isInteger(n) && n > 0)) {
+    throw new RangeError(`concatOutputs: n must be a positive integer, got ${n}`);
+  }
+  return concatOutputsOf(
+    Array.from({ length: n }, (_, i) => [String(i), make(i)] as const),
+  ) as Layer<C, number>;
+}
+
+/**
+ * Nearest-neighbour upsampling by an integer `factor`: `[b, h, w, c] → [b, h·r, w·r, c]`, each
+ * pixel repeated in an r×r square (Keras `UpSampling2D`, interpolation "nearest").
+ *
+ * NOTE: written as reshape → tile → reshape (exact, and tile has a gradient up to rank 4:
+ * the sum over each r×r square) rather than `resizeNearestNeighbor`, whose source index is a
+ * float product that could round down at integer factors.
+ */
+export function upsampleNearest<const C extends number>(
+  o: { readonly channels: C; readonly factor: number },
+): Layer<C, C> {
+  const r = o.factor;
+  checkChannels(o.channels, "upsampleNearest channels");
+  if (!(Number.isInteger(r) && r > 0)) {
+    throw new RangeError(`upsampleNearest: factor must be a positive integer, got ${r}`);
+  }
+  return leafLayer({
+    kind: "upsampleNearest",
+    inChannels: o.channels,
+    outChannels: o.channels,
+    meta: { factor: r },
+    init: () => ({}),
+    apply: (_p, x) => {
+      const [b, h, w, c] = x.shape;
+      if (x.rank !== 4 || c !== o.channels) {
+        throw new Error(`upsampleNearest expects [b, h, w, ${o.channels}], got [${x.shape}]`);
+      }
+      if (r === 1) return x.clone();
+      // [b·h, 1, w, c] → tile rows r times and each pixel's channels r times → [b, h·r, w·r, c].
+      return x.reshape([b * h, 1, w, c]).tile([1, r, 1, r]).reshape([b, h * r, w * r, c]);
+    },
+  });
+}

@@ -1,5 +1,6 @@
 /** No tensor leaks: 20 forward+backward passes of a quantized EDSR leave the tensor count unchanged. */
 import * as tf from "@tensorflow/tfjs";
+import { addN } from "../lib/internal/ops.ts";
 import { assert, assertEquals } from "@std/assert";
 import * as Nn from "../lib/Nn.ts";
 import * as Quant from "../lib/Quant.ts";
@@ -31,7 +32,7 @@ Deno.test("20 forward+backward passes of a W2A2 EDSR leave tf.memory().numTensor
         const sr = model.apply(p, lrBatch, Nn.context("train", { step, tap: (t) => taps.push(t) }));
         return tf.add(
           tf.mean(tf.abs(tf.sub(sr, hrBatch))),
-          tf.mul(1e-5, tf.addN(taps.map((t) => tf.norm(tf.sub(t.x, t.q))))),
+          tf.mul(1e-5, addN(taps.map((t) => tf.norm(tf.sub(t.x, t.q))))),
         ) as tf.Scalar;
       })([...params.values()]);
       return {

@@ -1,0 +1,170 @@
+/**
+ * The cooperative optimizer: a combinator over two gradient streams, the reconstruction
+ * gradient `g_R` and the mismatch-regulariser gradient `g_M`, merged into the one gradient the
+ * base optimizer sees (Eq. 6 of the ODM paper):
+ *
+ *   g = λ_R · g_R + λ_M · sim(g_R, g_M) · g_M,   sim(a, b) = (cos(a, b) + 1) / 2
+ *
+ * so the regulariser is followed fully where it agrees with reconstruction, half where the two
+ * are orthogonal, and not at all where they are opposite. The cosine is taken per parameter
+ * tensor (default) or over all of θ at once. Quantizer parameters (l_a, u_a, γ_w) get
+ * `λ_R · g_R` only (SPEC §4).
+ *
+ * The merge rule is a value ({@link Merge}): {@link cooperative}, {@link naive} (Table 7 (d):
+ * `λ_R g_R + λ_M g_M`) and {@link reconstructionOnly} are the paper's ablations, and any
+ * object of the same shape is accepted.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { addN } from "./internal/ops.ts";
+import type * as Tree from "./Tree.ts";
+
+/** A rule that merges the two gradient streams of the parameters that receive both. */
+export interface Merge {
+  readonly name: string;
+  /** Weight of `g_R` (also applied alone to reconstruction-only parameters). */
+  readonly lambdaR: number;
+  /** Whether the rule reads `g_M` at all (reconstruction-only does not: one backward pass). */
+  readonly usesAuxiliary: boolean;
+  /** The merged gradient for every path of `gR` (`gM` has the same paths). */
+  readonly merge: (gR: Tree.Flat, gM: Tree.Flat) => Map<string, tf.Tensor>;
+}
+
+const dot = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(a, b));
+const EPS = 1e-20;
+
+/** cos(a, b) as a scalar tensor; 0 when either is zero. */
+export const cosine = (a: tf.Tensor, b: tf.Tensor): tf.Scalar =>
+  tf.div(dot(a, b), tf.add(tf.sqrt(tf.mul(dot(a, a), dot(b, b))), EPS)) as tf.Scalar;
+
+/** Options of {@link cooperative}. */
+export interface CooperativeOptions {
+  readonly lambdaR?: number;
+  readonly lambdaM: number;
+  /** One cosine per parameter tensor (default) or one over all parameters. */
+  readonly granularity?: "tensor" | "global";
+}
+
+/** Eq. 6: `λ_R g_R + λ_M · (cos + 1)/2 · g_M`. */
+export function cooperative(o: CooperativeOptions): Merge {
+  const lambdaR = o.lambdaR ?? 1;
+  const granularity = o.granularity ?? "tensor";
+  return {
+    name: `cooperative(${granularity})`,
+    lambdaR,
+    usesAuxiliary: true,
+    merge: (gR, gM) => {
+      const out = new Map<string, tf.Tensor>();
+      let globalSim: tf.Scalar | undefined;
+      if (granularity === "global") {
+        const paths = [...gR.keys()];
+        const ab = addN(paths.map((p) => dot(gR.get(p)!, gM.get(p)!)));
+        const aa = addN(paths.map((p) => dot(gR.get(p)!, gR.get(p)!)));
+        const bb = addN(paths.map((p) => dot(gM.get(p)!, gM.get(p)!)));
+        globalSim = tf.div(
+          tf.add(tf.div(ab, tf.add(tf.sqrt(tf.mul(aa, bb)), EPS)), 1),
+          2,
+        ) as tf.Scalar;
+      }
+      for (const [p, r] of gR) {
+        const m = gM.get(p);
+        if (!m) throw new Error(`cooperative: no auxiliary gradient for "${p}"`);
+        const sim = globalSim ?? tf.div(tf.add(cosine(r, m), 1), 2);
+        out.set(p, tf.add(tf.mul(r, lambdaR), tf.mul(m, tf.mul(sim, o.lambdaM))));
+      }
+      return out;
+    },
+  };
+}
+
+/** The non-cooperative ablation (Table 7 (d)): `λ_R g_R + λ_M g_M`. */
+export function naive(o: { readonly lambdaR?: number; readonly lambdaM: number }): Merge {
+  const lambdaR = o.lambdaR ?? 1;
+  return {
+    name: "naive",
+    lambdaR,
+    usesAuxiliary: true,
+    merge: (gR, gM) =>
+      new Map(
+        [...gR].map(([p, r]) => [p, tf.add(tf.mul(r, lambdaR), tf.mul(gM.get(p)!, o.lambdaM))]),
+      ),
+  };
+}
+
+/** No regulariser: `λ_R g_R`. */
+export function reconstructionOnly(o: { readonly lambdaR?: number } = {}): Merge {
+  const lambdaR = o.lambdaR ?? 1;
+  return {
+    name: "reconstruction",
+    lambdaR,
+    usesAuxiliary: false,
+    merge: (gR) =>
+      new Map([...gR].map(([p, r]) => [p, lambdaR === 1 ? tf.clone(r) : tf.mul(r, lambdaR)])),
+  };
+}
+
+/** What one merge reports (the paper's Figure 2b and 2c), as scalar tensors. */
+export interface Stats {
+  /** Mean over parameter tensors (with a non-zero g_M) of cos(g_R, g_M); 0 when none. */
+  readonly cosine: tf.Scalar;
+  /** Fraction of gradient entries where g_R and g_M have opposite signs. */
+  readonly conflict: tf.Scalar;
+}
+
+/**
+ * Combines the two streams: parameters for which `reconstructionOnly(path)` holds (the
+ * quantizer parameters) get `λ_R g_R`; all others get `merge.merge`. Returns the gradient for
+ * every parameter of `gR` and the statistics of the merged set.
+ */
+export function combine(
+  merge: Merge,
+  opts: { readonly reconstructionOnly: (path: string) => boolean },
+): (gR: Tree.Flat, gM: Tree.Flat | undefined) => { grads: Map<string, tf.Tensor>; stats: Stats } {
+  return (gR, gM) => {
+    const own = new Map([...gR].filter(([p]) => !opts.reconstructionOnly(p)));
+    const grads = new Map<string, tf.Tensor>();
+    for (const [p, r] of gR) {
+      if (opts.reconstructionOnly(p)) {
+        grads.set(p, merge.lambdaR === 1 ? tf.clone(r) : tf.mul(r, merge.lambdaR));
+      }
+    }
+    if (!merge.usesAuxiliary || !gM) {
+      for (const [p, g] of reconstructionOnly({ lambdaR: merge.lambdaR }).merge(own, own)) {
+        grads.set(p, g);
+      }
+      return { grads, stats: { cosine: tf.scalar(0), conflict: tf.scalar(0) } };
+    }
+    const aux = new Map([...own.keys()].map((p) => {
+      const m = gM.get(p);
+      if (!m) throw new Error(`combine: the auxiliary stream has no gradient for "${p}"`);
+      return [p, m] as const;
+    }));
+    for (const [p, g] of merge.merge(own, aux)) grads.set(p, g);
+    return { grads, stats: statistics(own, aux) };
+  };
+}
+
+/** Mean per-tensor cosine (over tensors with g_M ≠ 0) and the fraction of opposite signs. */
+export function statistics(gR: Tree.Flat, gM: Tree.Flat): Stats {
+  return tf.tidy(() => {
+    const cosines: tf.Tensor[] = [];
+    const present: tf.Tensor[] = [];
+    const conflicts: tf.Tensor[] = [];
+    let entries = 0;
+    for (const [p, r] of gR) {
+      const m = gM.get(p)!;
+      cosines.push(cosine(r, m));
+      present.push(tf.cast(tf.greater(dot(m, m), 0), "float32"));
+      conflicts.push(tf.sum(tf.cast(tf.less(tf.mul(r, m), 0), "float32")));
+      entries += r.size;
+    }
+    if (cosines.length === 0) return { cosine: tf.scalar(0), conflict: tf.scalar(0) };
+    const n = addN(present);
+    const c = tf.div(
+      addN(cosines.map((x, i) => tf.mul(x, present[i]))),
+      tf.maximum(n, 1),
+    ) as tf.Scalar;
+    return { cosine: c, conflict: tf.div(addN(conflicts), entries) as tf.Scalar };
+  });
+}

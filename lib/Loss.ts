@@ -1,0 +1,36 @@
+/**
+ * Losses of QAT for SR: the L1 reconstruction loss and the mismatch regulariser of Eq. 2–3
+ * of the ODM paper, computed from the quantized layers' recorded inputs ({@link Nn.Tap}).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { addN } from "./internal/ops.ts";
+import type * as Nn from "./Nn.ts";
+import * as Ste from "./Ste.ts";
+
+/** Mean absolute error (the only loss of ODM's training, SPEC §7). */
+export const l1 = (sr: tf.Tensor, hr: tf.Tensor): tf.Scalar =>
+  tf.mean(tf.abs(tf.sub(sr, hr))) as tf.Scalar;
+
+/** ε inside the square root of the Frobenius norm, so its gradient exists at e = 0. */
+export const NORM_EPSILON = 1e-12;
+
+/**
+ * Eq. 2–3: `L_M = Σ_i ‖X_i − q(X_i)‖_F` over the quantized layers, each norm over the whole
+ * batch tensor (not squared, not averaged). With `detach` (default, SPEC §3) `q(X_i)` is a
+ * constant, so ∂M/∂X is the unit direction `e/‖e‖` and the activation ranges get no gradient
+ * from L_M; without it the gradient flows through q by the STE.
+ */
+export function mismatch(
+  taps: ReadonlyArray<Nn.Tap>,
+  opts: { readonly detach?: boolean } = {},
+): tf.Scalar {
+  if (taps.length === 0) return tf.scalar(0);
+  const detach = opts.detach ?? true;
+  const norms = taps.map((t) => {
+    const e = tf.sub(t.x, detach ? Ste.stopGradient(t.q) : t.q);
+    return tf.sqrt(tf.add(tf.sum(tf.square(e)), NORM_EPSILON));
+  });
+  return addN(norms) as tf.Scalar;
+}

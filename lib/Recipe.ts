@@ -1,0 +1,177 @@
+/**
+ * Recipes: a whole experiment as one typed, validated value — model, scale, bit-widths, the
+ * quantization method (range policies, mismatch regulariser, merge rule), training schedule,
+ * data and seed. A recipe file exports one with `export default Recipe.make({ … })`.
+ *
+ * Defaults are the ODM paper's settings (SPEC §1–§7). Validation (zod) happens before any work
+ * and names the offending field: `recipe.train.batch: Too small: expected number to be >0`.
+ *
+ * @module
+ */
+import { Data } from "effect";
+import * as z from "zod";
+import * as Quantizer from "./Quantizer.ts";
+import * as Range from "./Range.ts";
+
+const bits = z.union([z.number().int().min(1).max(8), z.literal(32)]);
+const positiveInt = z.number().int().positive();
+const isQuantizer = (v: unknown): v is Quantizer.Any =>
+  typeof v === "object" && v !== null && typeof (v as Quantizer.Any).apply === "function" &&
+  typeof (v as Quantizer.Any).bits === "number";
+
+/** The recipe schema. */
+export const Schema = z.object({
+  /** Name of the experiment (used in output folders and tables). */
+  name: z.string().min(1),
+  model: z.object({
+    /** Architecture: `edsr`, `rdn`, or a pretrained RDN-family package `esrgan-slim` / `esrgan-medium`. */
+    arch: z.enum(["edsr", "rdn", "esrgan-slim", "esrgan-medium"]),
+    scale: z.union([z.literal(2), z.literal(3), z.literal(4)]),
+    /** Architecture options (BasicSR names, e.g. `numFeat`, `numBlock`). */
+    options: z.record(z.string(), z.number()).default({}),
+    /** Start from the package's pretrained weights (esrgan-*). */
+    pretrained: z.boolean().default(false),
+    /** Start from an FP32 checkpoint file instead (its parameters must fit the model). */
+    checkpoint: z.string().optional(),
+  }).strict(),
+  quant: z.object({
+    /** Weight bits (32 = full precision). */
+    wbits: bits,
+    /** Activation bits (32 = full precision). */
+    abits: bits,
+    /** Weight range: `clipCorrected` (Eq. 9, ODM), `learnable` (Eq. 8), `max` (Eq. 7), `percentile`. */
+    weightRange: z.enum(["clipCorrected", "learnable", "max", "percentile"]).default(
+      "clipCorrected",
+    ),
+    /** Activation range: `learnable` bounds initialised by calibration (ODM), or per-batch `max`/`percentile`. */
+    activationRange: z.enum(["learnable", "max", "percentile"]).default("learnable"),
+    /** The j of the percentile statistics (SPEC §2, §5). */
+    percentile: z.number().gt(0.5).max(1).default(0.99),
+    /** Your own quantizers, overriding the named ranges (any `Quantizer.Quantizer` values). */
+    weightQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
+    inputQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
+  }).strict(),
+  regularizer: z.object({
+    /** How g_R and g_M are merged: `cooperative` (Eq. 6), `naive` (Table 7 d), `reconstruction` (no MR). */
+    merge: z.enum(["cooperative", "naive", "reconstruction"]).default("cooperative"),
+    /** One cosine per tensor or one over all parameters. */
+    granularity: z.enum(["tensor", "global"]).default("tensor"),
+    lambdaR: z.number().nonnegative().default(1),
+    /** 1e-5 for EDSR/SRResNet/SwinIR, 1e-6 for RDN (SPEC §4). */
+    lambdaM: z.number().nonnegative().default(1e-5),
+    /** Treat q(X) as a constant in L_M (SPEC §3). */
+    detach: z.boolean().default(true),
+  }).strict().default({
+    merge: "cooperative",
+    granularity: "tensor",
+    lambdaR: 1,
+    lambdaM: 1e-5,
+    detach: true,
+  }),
+  train: z.object({
+    steps: z.number().int().nonnegative(),
+    batch: positiveInt.default(8),
+    /** LR patch side. */
+    patch: positiveInt.default(48),
+    lrWeights: z.number().positive().default(1e-4),
+    lrQuant: z.number().positive().default(1e-3),
+    /** Halve both learning rates every this many steps (SPEC §7: 15K of 60K). */
+    decayEvery: positiveInt.default(15000),
+    decayFactor: z.number().positive().max(1).default(0.5),
+    /** Batches used to initialise the activation ranges (SPEC §2: 100 patches). */
+    calibrationBatches: positiveInt.default(13),
+    seed: z.number().int().default(0),
+    checkpointEvery: positiveInt.default(100),
+    logEvery: positiveInt.default(10),
+  }).strict(),
+  data: z.object({
+    /** A folder of HR training images, or `embedded`. */
+    train: z.string().default("embedded"),
+    /** A folder of HR evaluation images, or `embedded`. */
+    eval: z.string().default("embedded"),
+    /** Evaluate on at most this many images of the eval folder (all by default). */
+    evalImages: positiveInt.optional(),
+  }).strict().default({ train: "embedded", eval: "embedded" }),
+}).strict();
+
+/** A validated recipe. */
+export type Recipe = z.output<typeof Schema>;
+/** What a recipe file writes (defaults may be left out). */
+export type Input = z.input<typeof Schema>;
+
+/** A recipe failed validation; the message names each bad field. */
+export class RecipeInvalid extends Data.TaggedError("RecipeInvalid")<{
+  readonly source: string;
+  readonly issues: string;
+}> {
+  override get message(): string {
+    return `invalid recipe ${this.source}:\n${this.issues}`;
+  }
+}
+
+/** Validates a recipe, throwing {@link RecipeInvalid} with every bad field named. */
+export function parse(input: unknown, source = "recipe"): Recipe {
+  const r = Schema.safeParse(input);
+  if (!r.success) {
+    const issues = r.error.issues.map((i) =>
+      `  ✖ ${["recipe", ...i.path.map(String)].join(".")}: ${i.message}`
+    )
+      .join("\n");
+    throw new RecipeInvalid({ source, issues });
+  }
+  return r.data;
+}
+
+/** Declares a recipe in a recipe file: validated when the file is loaded. */
+export const make = (input: Input): Recipe => parse(input, "(recipe value)");
+
+/** A recipe with some fields replaced (validated again). */
+export function override(recipe: Recipe, patch: { steps?: number; seed?: number }): Recipe {
+  return parse({
+    ...recipe,
+    train: {
+      ...recipe.train,
+      ...(patch.steps !== undefined ? { steps: patch.steps } : {}),
+      ...(patch.seed !== undefined ? { seed: patch.seed } : {}),
+    },
+  }, "(overrides)");
+}
+
+/** JSON form of a recipe for checkpoints and summaries (custom quantizers by name). */
+export function toJSON(recipe: Recipe): unknown {
+  return JSON.parse(JSON.stringify(recipe, (k, v) => {
+    if ((k === "weightQuantizer" || k === "inputQuantizer") && v) {
+      return `custom:${(v as Quantizer.Any).name}`;
+    }
+    return v;
+  }));
+}
+
+/**
+ * The weight and activation quantizers a recipe describes (undefined when both are 32-bit:
+ * full-precision training). Weights are symmetric, activations asymmetric (SPEC §1).
+ */
+export function quantizers(
+  r: Recipe,
+): { readonly weight: Quantizer.Any; readonly input: Quantizer.Any } | undefined {
+  const q = r.quant;
+  if (q.wbits === 32 && q.abits === 32 && !q.weightQuantizer && !q.inputQuantizer) return undefined;
+  const j = q.percentile;
+  const weightRange = {
+    clipCorrected: () => Range.clipCorrected(j),
+    learnable: () => Range.learnable(Range.percentile(j)),
+    max: () => Range.max,
+    percentile: () => Range.percentile(j),
+  }[q.weightRange]();
+  const inputRange = {
+    learnable: () => Range.learnable(Range.percentile(j)),
+    max: () => Range.max,
+    percentile: () => Range.percentile(j),
+  }[q.activationRange]();
+  return {
+    weight: q.weightQuantizer ??
+      Quantizer.symmetric({ bits: q.wbits, range: weightRange as Range.Range }),
+    input: q.inputQuantizer ??
+      Quantizer.asymmetric({ bits: q.abits, range: inputRange as Range.Range }),
+  };
+}

@@ -1,0 +1,442 @@
+/**
+ * Training: Algorithm 1 of the ODM paper as an Effect program.
+ *
+ * One step (pure tensor maths, one `tf.tidy`), top to bottom:
+ *   1. forward the quantized model on the LR batch; the wrapped layers record (X_i, q(X_i));
+ *   2. `g_R = ∇ L1(SR, HR)` — the reconstruction stream (tape 1);
+ *   3. `g_M = ∇ Σ_i ‖X_i − q(X_i)‖_F` — the mismatch stream (tape 2; tfjs needs a second
+ *      forward pass for a second gradient);
+ *   4. merge the streams (Eq. 6, {@link Cooperative.combine}); quantizer parameters get g_R only;
+ *   5. Adam with parameter groups (weights 1e-4, quantizer parameters 1e-3, halved on schedule).
+ * Weight clipping correction (Eq. 9) needs nothing here: the weight quantizer recomputes the
+ * percentile of the current weights in every forward pass.
+ *
+ * The loop around it is Effect: the batch stream, calibration, evaluation, atomic checkpoints
+ * every N steps, progress lines, `metrics.jsonl`, and typed failures (a non-finite loss stops
+ * the run and leaves the last good checkpoint in place).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { addN } from "./internal/ops.ts";
+import { Data as EffectData, Effect, Stream } from "effect";
+import * as Backend from "./Backend.ts";
+import * as Calibration from "./Calibration.ts";
+import * as Checkpoint from "./Checkpoint.ts";
+import * as Cooperative from "./Cooperative.ts";
+import * as Data from "./Data.ts";
+import * as Evaluate from "./Evaluate.ts";
+import * as Loss from "./Loss.ts";
+import * as Nn from "./Nn.ts";
+import * as Optim from "./Optim.ts";
+import * as Quant from "./Quant.ts";
+import type * as Recipe from "./Recipe.ts";
+import * as Tree from "./Tree.ts";
+import type { Params } from "./Tree.ts";
+
+/** The loss became NaN or infinite at `step`; the last good checkpoint is kept. */
+export class NonFiniteLoss extends EffectData.TaggedError("NonFiniteLoss")<{
+  readonly step: number;
+  readonly loss: string;
+  readonly value: number;
+}> {
+  override get message(): string {
+    return `non-finite ${this.loss} (${this.value}) at step ${this.step}; the last good checkpoint is kept`;
+  }
+}
+
+/** Everything one step needs besides the state. */
+export interface StepConfig {
+  readonly model: Nn.AnyLayer;
+  readonly optimizer: Optim.Transform;
+  readonly merge: Cooperative.Merge;
+  /** Treat q(X) as a constant in L_M. */
+  readonly detach: boolean;
+}
+
+/** The training state between steps. */
+export interface State {
+  readonly step: number;
+  readonly params: ReadonlyMap<string, tf.Tensor>;
+  readonly opt: Optim.State;
+}
+
+/** What a step reports, read back once per step. */
+export interface StepReport {
+  /** Steps completed, this one included. */
+  readonly step: number;
+  readonly l1: number;
+  readonly mismatch: number;
+  readonly cosine: number;
+  readonly conflict: number;
+}
+
+/** The SPEC §7 optimizer: Adam groups for weights and quantizer parameters, step decay. */
+export const optimizer = (t: Recipe.Recipe["train"]): Optim.Transform =>
+  Optim.partition(
+    {
+      weights: Optim.adam({ lr: Optim.stepDecay(t.lrWeights, t.decayEvery, t.decayFactor) }),
+      quant: Optim.adam({ lr: Optim.stepDecay(t.lrQuant, t.decayEvery, t.decayFactor) }),
+    },
+    (p) => (Quant.isQuantizerParam(p) ? "quant" : "weights"),
+  );
+
+/** The merge rule a recipe asks for. */
+export const mergeOf = (r: Recipe.Recipe["regularizer"]): Cooperative.Merge =>
+  r.merge === "cooperative"
+    ? Cooperative.cooperative({
+      lambdaR: r.lambdaR,
+      lambdaM: r.lambdaM,
+      granularity: r.granularity,
+    })
+    : r.merge === "naive"
+    ? Cooperative.naive({ lambdaR: r.lambdaR, lambdaM: r.lambdaM })
+    : Cooperative.reconstructionOnly({ lambdaR: r.lambdaR });
+
+/**
+ * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
+ * four reported scalars `[l1, mismatch, cosine, conflict]` as one tensor. Does not dispose the
+ * old state.
+ */
+export function step(
+  cfg: StepConfig,
+  state: State,
+  batch: { readonly lr: tf.Tensor4D; readonly hr: tf.Tensor4D },
+): { state: State; report: tf.Tensor1D } {
+  const paths = [...state.params.keys()];
+  const leaves = [...state.params.values()];
+  const quantized = Quant.layers(cfg.model).length > 0;
+  const combine = Cooperative.combine(cfg.merge, { reconstructionOnly: Quant.isQuantizerParam });
+  const out = tf.tidy(() => {
+    const ctx = (taps: Nn.Tap[]) =>
+      Nn.context("train", { step: state.step, tap: (t) => taps.push(t) });
+    const forward = (ls: tf.Tensor[]) => {
+      const taps: Nn.Tap[] = [];
+      const sr = cfg.model.apply(
+        Tree.unflatten(paths.map((p, i) => [p, ls[i]] as const)),
+        batch.lr,
+        ctx(taps),
+      );
+      return { sr, taps };
+    };
+    // NOTE: tfjs refuses a gradient for an input the loss does not reach (parameters after the
+    // last quantized layer, for L_M); a zero-weighted sum of every leaf connects them all and
+    // gives them an exact zero gradient.
+    const connect = (ls: tf.Tensor[]) => tf.mul(0, addN(ls.map((l) => tf.sum(l))));
+    // The value of L_M is reported even when its gradient is not used; tape 1 computes it and
+    // keeps it past the tape's own scope (disposed below once it is in the report).
+    let kept: tf.Scalar | undefined;
+    // Tape 1: reconstruction.
+    const r = tf.valueAndGrads((...ls: tf.Tensor[]) => {
+      const { sr, taps } = forward(ls);
+      if (quantized) kept = tf.keep(Loss.mismatch(taps, { detach: true }));
+      return tf.add(Loss.l1(sr, batch.hr), connect(ls)) as tf.Scalar;
+    })(leaves);
+    const gR = new Map(paths.map((p, i) => [p, r.grads[i]] as const));
+    // Tape 2: mismatch regulariser (only when the merge rule reads it).
+    let gM: Map<string, tf.Tensor> | undefined;
+    let mismatchValue: tf.Scalar = kept ?? tf.scalar(0);
+    if (quantized && cfg.merge.usesAuxiliary) {
+      const m = tf.valueAndGrads((...ls: tf.Tensor[]) =>
+        tf.add(Loss.mismatch(forward(ls).taps, { detach: cfg.detach }), connect(ls)) as tf.Scalar
+      )(leaves);
+      gM = new Map(paths.map((p, i) => [p, m.grads[i]] as const));
+      mismatchValue = m.value;
+    }
+    const { grads, stats } = combine(gR, gM);
+    const [updates, opt] = cfg.optimizer.update(grads, state.opt, state.params, state.step);
+    const params = Optim.apply(state.params, updates);
+    const report = tf.stack([r.value, mismatchValue, stats.cosine, stats.conflict]) as tf.Tensor1D;
+    kept?.dispose();
+    return { params: [...params.values()], opt: [...opt], report };
+  });
+  return {
+    state: {
+      step: state.step + 1,
+      params: new Map(paths.map((p, i) => [p, out.params[i]] as const)),
+      opt: new Map(out.opt),
+    },
+    report: out.report,
+  };
+}
+
+/** Disposes a training state. */
+export function dispose(s: State): void {
+  for (const t of s.params.values()) t.dispose();
+  for (const t of s.opt.values()) t.dispose();
+}
+
+/** Runs `step` and reads the report back, failing on a non-finite loss. */
+export const runStep = (
+  cfg: StepConfig,
+  state: State,
+  b: Data.Batch,
+): Effect.Effect<{ state: State; report: StepReport }, NonFiniteLoss> =>
+  Effect.gen(function* () {
+    const t = Data.tensors(b);
+    const out = (() => {
+      try {
+        return step(cfg, state, t);
+      } finally {
+        t.lr.dispose();
+        t.hr.dispose();
+      }
+    })();
+    const [l1, mismatch, cosine, conflict] = yield* Effect.promise(() => out.report.data());
+    out.report.dispose();
+    const bad = !Number.isFinite(l1)
+      ? ["L1", l1] as const
+      : !Number.isFinite(mismatch)
+      ? ["L_M", mismatch] as const
+      : undefined;
+    if (bad) {
+      dispose(out.state);
+      return yield* Effect.fail(
+        new NonFiniteLoss({ step: state.step, loss: bad[0], value: bad[1] }),
+      );
+    }
+    return { state: out.state, report: { step: state.step + 1, l1, mismatch, cosine, conflict } };
+  });
+
+/** Final scores of a run. */
+export interface Summary {
+  readonly fp32: { readonly psnr: number; readonly ssim: number };
+  readonly ptq: { readonly psnr: number; readonly ssim: number } | null;
+  readonly qat: { readonly psnr: number; readonly ssim: number };
+  readonly steps: number;
+  /** Seconds in the training loop (all sessions of a resumed run). */
+  readonly seconds: number;
+  /** Wall seconds of this invocation: evaluation, calibration and training. */
+  readonly wallSeconds: number;
+  readonly backend: string;
+  readonly recipe: string;
+  readonly stepsPerSecond: number;
+}
+
+/** A model ready to train: the FP32 network, its parameters, and where to quantize it. */
+export interface Prepared {
+  readonly fp32: Nn.Layer<3, 3>;
+  readonly params: Params;
+  readonly quantized: Nn.Layer<3, 3>;
+}
+
+/** Options of {@link run}. */
+export interface RunOptions {
+  /** Output folder (checkpoint, metrics.jsonl, summary.json). */
+  readonly out: string;
+  /** Continue from `<out>/checkpoint.bin` if present. */
+  readonly resume: boolean;
+  /** Progress lines (default console.log). */
+  readonly log?: (line: string) => void;
+}
+
+const fmtTime = (s: number) => {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
+};
+
+const appendLine = (file: string, line: string) =>
+  Effect.promise(() => Deno.writeTextFile(file, line + "\n", { append: true }));
+
+/** Keeps only the metrics lines of steps ≤ `step` (a resumed run writes the rest again). */
+const truncateMetrics = (file: string, step: number) =>
+  Effect.promise(async () => {
+    let text = "";
+    try {
+      text = await Deno.readTextFile(file);
+    } catch {
+      return;
+    }
+    const kept = text.split("\n").filter((l) =>
+      l.trim() !== "" && (JSON.parse(l) as { step: number }).step <= step
+    );
+    await Deno.writeTextFile(file, kept.map((l) => l + "\n").join(""));
+  });
+
+/**
+ * Trains a prepared model by a recipe: calibration (or resume), the step loop with progress,
+ * metrics and checkpoints, and the FP32 / PTQ / QAT evaluation table.
+ */
+export const run = (
+  recipe: Recipe.Recipe,
+  recipeJson: unknown,
+  prepared: Prepared,
+  data: { readonly train: Data.Dataset; readonly eval: Data.Dataset },
+  opts: RunOptions,
+) =>
+  Effect.gen(function* () {
+    const backend = yield* Backend.Backend;
+    const wallStart = performance.now();
+    const log = opts.log ?? ((l: string) => console.log(l));
+    const t = recipe.train;
+    const ckptFile = `${opts.out}/checkpoint.bin`;
+    const metricsFile = `${opts.out}/metrics.jsonl`;
+    yield* Effect.promise(() => Deno.mkdir(opts.out, { recursive: true }));
+    const model = prepared.quantized;
+    const nQuant = Quant.layers(model).length;
+    const batchOpts: Data.BatchOptions = { batch: t.batch, patch: t.patch, seed: t.seed };
+    const cfg: StepConfig = {
+      model,
+      optimizer: optimizer(t),
+      merge: mergeOf(recipe.regularizer),
+      detach: recipe.regularizer.detach,
+    };
+    const evalOpts = (what: string): Evaluate.Options => ({
+      onImage: (i, n, s) =>
+        log(`  eval ${what} ${i + 1}/${n} ${s.file.split("/").pop()}: ${s.psnr.toFixed(2)} dB`),
+    });
+
+    // Resume, or start: FP32 scores, calibration, PTQ scores.
+    const resumed = opts.resume
+      ? yield* Checkpoint.read(ckptFile).pipe(
+        Effect.map((c) => c as Checkpoint.Contents | undefined),
+        Effect.catchTag("CheckpointError", (e) =>
+          e.reason.includes("No such file")
+            ? Effect.sync(() => {
+              log(`no checkpoint in ${opts.out}; starting from step 0`);
+              return undefined;
+            })
+            : Effect.fail(e)),
+      )
+      : undefined;
+    let state: State;
+    let fp32: Summary["fp32"];
+    let ptq: Summary["ptq"];
+    let elapsedBefore = 0;
+    if (resumed) {
+      const init = Tree.flatten(model.init(t.seed));
+      const mismatch = Checkpoint.check(ckptFile, resumed.params, init);
+      Tree.dispose(Tree.unflatten(init));
+      if (mismatch) return yield* Effect.fail(mismatch);
+      state = { step: resumed.step, params: resumed.params, opt: resumed.opt };
+      fp32 = resumed.meta.fp32 as Summary["fp32"];
+      ptq = resumed.meta.ptq as Summary["ptq"];
+      elapsedBefore = (resumed.meta.seconds as number | undefined) ?? 0;
+      log(`resumed from ${ckptFile} at step ${state.step}`);
+      yield* truncateMetrics(metricsFile, state.step);
+    } else {
+      yield* Effect.promise(() => Deno.writeTextFile(metricsFile, ""));
+      log(`evaluating FP32 on ${data.eval.pairs.length} images`);
+      const f = yield* Evaluate.evaluate(
+        prepared.fp32,
+        prepared.params,
+        data.eval,
+        evalOpts("fp32"),
+      );
+      fp32 = { psnr: f.psnr, ssim: f.ssim };
+      // Quantized model: the FP32 weights + calibrated quantizer parameters.
+      const fresh = model.init(t.seed);
+      const base = Tree.merge(fresh, prepared.params);
+      log(`calibrating ${nQuant} quantized layers on ${t.calibrationBatches} batches`);
+      const cal = yield* Calibration.calibrate(model, base, data.train, {
+        batches: t.calibrationBatches,
+        batch: batchOpts,
+      });
+      const params = Tree.flatten(Tree.merge(base, cal));
+      // Dispose what the merge did not keep (fresh tensors shadowed by pretrained/calibrated ones).
+      const kept = new Set(params.values());
+      for (const x of Tree.flatten(fresh).values()) if (!kept.has(x)) x.dispose();
+      for (const x of Tree.flatten(prepared.params).values()) if (!kept.has(x)) x.dispose();
+      if (nQuant > 0) {
+        log(`evaluating the calibrated model (PTQ) on ${data.eval.pairs.length} images`);
+        const p = yield* Evaluate.evaluate(
+          model,
+          Tree.unflatten(params),
+          data.eval,
+          evalOpts("ptq"),
+        );
+        ptq = { psnr: p.psnr, ssim: p.ssim };
+      } else ptq = null;
+      state = { step: 0, params, opt: cfg.optimizer.init(params) };
+    }
+
+    const save = (s: State, seconds: number) =>
+      Checkpoint.write(ckptFile, {
+        step: s.step,
+        params: s.params,
+        opt: s.opt,
+        recipe: recipeJson,
+        meta: { fp32, ptq, seconds, backend: backend.name },
+      });
+    if (!resumed) yield* save(state, 0);
+
+    const started = performance.now();
+    const firstStep = state.step;
+    log(
+      `training ${recipe.name}: steps ${firstStep}→${t.steps}, batch ${t.batch}×${t.patch}², ` +
+        `${nQuant} quantized layers, merge ${cfg.merge.name}`,
+    );
+    const final = yield* Data.stream(data.train, batchOpts, state.step, t.steps).pipe(
+      Stream.runFoldEffect(
+        () => state,
+        (s, b) =>
+          Effect.gen(function* () {
+            const { state: next, report } = yield* runStep(cfg, s, b).pipe(
+              Effect.tapError(() => Effect.sync(() => dispose(s))),
+            );
+            dispose(s);
+            const done = next.step;
+            const seconds = (performance.now() - started) / 1000;
+            if (done % t.logEvery === 0 || done === t.steps) {
+              const rate = (done - firstStep) / seconds;
+              yield* appendLine(
+                metricsFile,
+                JSON.stringify({ ...report, seconds: elapsedBefore + seconds }),
+              );
+              log(
+                `step ${done}/${t.steps} | L1 ${report.l1.toFixed(3)} | L_M ${
+                  report.mismatch.toExponential(3)
+                } | ` +
+                  `cos ${report.cosine.toFixed(3)} | conflict ${
+                    (100 * report.conflict).toFixed(1)
+                  }% | ` +
+                  `${rate.toFixed(2)} step/s | ETA ${fmtTime((t.steps - done) / rate)}`,
+              );
+            }
+            if (done % t.checkpointEvery === 0 || done === t.steps) {
+              yield* save(next, elapsedBefore + seconds);
+            }
+            return next;
+          }),
+      ),
+    );
+    const seconds = elapsedBefore + (performance.now() - started) / 1000;
+    log(`evaluating the trained model (QAT) on ${data.eval.pairs.length} images`);
+    const q = yield* Evaluate.evaluate(
+      model,
+      Tree.unflatten(final.params),
+      data.eval,
+      evalOpts("qat"),
+    );
+    dispose(final);
+    const summary: Summary = {
+      fp32,
+      ptq,
+      qat: { psnr: q.psnr, ssim: q.ssim },
+      steps: t.steps,
+      seconds,
+      wallSeconds: (performance.now() - wallStart) / 1000,
+      backend: `${backend.name} (${backend.adapter})`,
+      recipe: recipe.name,
+      stepsPerSecond: (t.steps - firstStep) / Math.max(1e-9, (performance.now() - started) / 1000),
+    };
+    yield* Effect.promise(() =>
+      Deno.writeTextFile(`${opts.out}/summary.json.tmp`, JSON.stringify(summary, null, 2) + "\n")
+        .then(() => Deno.rename(`${opts.out}/summary.json.tmp`, `${opts.out}/summary.json`))
+    );
+    return summary;
+  });
+
+/** The final table, Markdown. */
+export function table(s: Summary, scale: number): string {
+  const row = (name: string, v: { psnr: number; ssim: number } | null) =>
+    v ? `| ${name} | ${v.psnr.toFixed(2)} | ${v.ssim.toFixed(4)} |` : `| ${name} | – | – |`;
+  return [
+    `| model (×${scale}) | PSNR (dB) | SSIM |`,
+    "|---|---|---|",
+    row("FP32", s.fp32),
+    row("quantized, calibrated (before QAT)", s.ptq),
+    row("quantized, after QAT", s.qat),
+  ].join("\n");
+}

@@ -1,0 +1,136 @@
+/**
+ * `deno task train [--recipe <file or name>] [--steps N] [--out DIR] [--resume] [--seed N]`
+ *
+ * Runs a recipe: loads the data and the starting model, quantizes it, calibrates, trains with
+ * progress lines, and prints the FP32 / before-QAT / after-QAT table. Writes
+ * `<out>/metrics.jsonl`, `<out>/summary.json` and `<out>/checkpoint.bin`.
+ * With no arguments it runs `recipes/default.ts` into `runs/default`.
+ *
+ * @module
+ */
+import { Cause, Effect, Exit, Layer } from "effect";
+import * as z from "zod";
+import * as Backend from "../Backend.ts";
+import * as Data from "../Data.ts";
+import * as Nn from "../Nn.ts";
+import * as Quant from "../Quant.ts";
+import * as Recipe from "../Recipe.ts";
+import * as Train from "../Train.ts";
+import * as Registry from "../../models/registry.ts";
+import * as Args from "./Args.ts";
+
+const Options = z.object({
+  recipe: z.string().default("default"),
+  steps: Args.int.optional(),
+  seed: z.coerce.number().int().optional(),
+  out: z.string().optional(),
+  resume: z.literal(true).optional(),
+  help: z.literal(true).optional(),
+}).strict();
+
+const USAGE =
+  `usage: deno task train [--recipe <file or name>] [--steps N] [--out DIR] [--resume] [--seed N]
+  --recipe   a recipe file (.ts exporting a Recipe as default) or a name under recipes/ (default: default)
+  --steps    override the recipe's number of steps
+  --out      output folder (default: runs/<recipe name>)
+  --resume   continue from <out>/checkpoint.bin
+  --seed     override the recipe's seed`;
+
+/** Loads a recipe from a file path or a name in `recipes/`, validated. */
+export async function loadRecipe(spec: string): Promise<{ recipe: Recipe.Recipe; source: string }> {
+  const isFile = spec.endsWith(".ts") || spec.includes("/");
+  const url = isFile
+    ? new URL(spec, `file://${Deno.cwd()}/`)
+    : new URL(`../../recipes/${spec}.ts`, import.meta.url);
+  let mod: { default?: unknown };
+  try {
+    mod = await import(url.href);
+  } catch (e) {
+    if (e instanceof Recipe.RecipeInvalid) {
+      throw new Recipe.RecipeInvalid({ source: url.pathname, issues: e.issues });
+    }
+    throw new Error(
+      `cannot load recipe ${isFile ? url.pathname : `"${spec}" (recipes/${spec}.ts)`}: ${
+        (e as Error).message
+      }`,
+    );
+  }
+  if (mod.default === undefined) throw new Error(`recipe ${url.pathname} has no default export`);
+  return { recipe: Recipe.parse(mod.default, url.pathname), source: url.pathname };
+}
+
+/** The whole `train` task as an Effect program. */
+export const program = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const opts = Args.parse(Options, argv, ["resume", "help"]);
+    if (opts.help) {
+      console.log(USAGE);
+      return undefined;
+    }
+    // Validate everything before any work.
+    const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
+    const recipe = Recipe.override(loaded.recipe, { steps: opts.steps, seed: opts.seed });
+    const out = opts.out ?? `runs/${recipe.name}`;
+    const backend = yield* Backend.Backend;
+    console.log(`recipe: ${recipe.name} (${loaded.source}) → ${out}`);
+    const scale = recipe.model.scale;
+    const dir = (
+      d: string,
+      which: "train" | "eval",
+    ) => (d === "embedded" ? Data.embedded[which] : d);
+    const progress = (what: string) => (i: number, n: number, f: string) =>
+      i === n - 1 || i % 5 === 0
+        ? console.log(`  ${what} ${i + 1}/${n} ${f.split("/").pop()}`)
+        : undefined;
+    console.log(`loading training images from ${dir(recipe.data.train, "train")}`);
+    const train = yield* Data.load(dir(recipe.data.train, "train"), scale, {
+      name: "train",
+      onImage: progress("train"),
+    });
+    const evalAll = yield* Data.load(dir(recipe.data.eval, "eval"), scale, {
+      name: "eval",
+      onImage: progress("eval"),
+    });
+    const evalSet = recipe.data.evalImages
+      ? { ...evalAll, pairs: evalAll.pairs.slice(0, recipe.data.evalImages) }
+      : evalAll;
+    const built = yield* Registry.build(recipe.model, recipe.train.seed);
+    const q = Recipe.quantizers(recipe);
+    const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+    console.log(
+      `model: ${recipe.model.arch} ×${scale}, ${
+        Nn.parameterCount(built.model).toLocaleString("en")
+      } parameters, ` +
+        `from ${built.source}; W${recipe.quant.wbits}A${recipe.quant.abits}, ${
+          Quant.layers(quantized).length
+        } quantized layers`,
+    );
+    const summary = yield* Train.run(
+      recipe,
+      Recipe.toJSON(recipe),
+      { fp32: built.model, params: built.params, quantized },
+      { train, eval: evalSet },
+      { out, resume: opts.resume === true },
+    );
+    console.log("");
+    console.log(Train.table(summary, scale));
+    console.log(
+      `\n${summary.steps} steps in ${summary.seconds.toFixed(0)} s (whole run ${
+        summary.wallSeconds.toFixed(0)
+      } s) on ${backend.name}; ` +
+        `wrote ${out}/summary.json, ${out}/metrics.jsonl, ${out}/checkpoint.bin`,
+    );
+    return summary;
+  });
+
+if (import.meta.main) {
+  const exit = await Effect.runPromiseExit(
+    program(Deno.args).pipe(Effect.provide(Layer.mergeAll(Backend.layer()))),
+  );
+  if (Exit.isFailure(exit)) {
+    const e = Cause.squash(exit.cause);
+    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+    Deno.exit(1);
+  }
+  Deno.exit(0);
+}

@@ -1,0 +1,101 @@
+/**
+ * The architectures a recipe can name, with their quantization placement and where their
+ * starting weights come from (random init, a pretrained npm package, or an FP32 checkpoint).
+ *
+ * @module
+ */
+import { Data, Effect } from "effect";
+import * as Checkpoint from "../lib/Checkpoint.ts";
+import type * as Nn from "../lib/Nn.ts";
+import * as Pretrained from "../lib/Pretrained.ts";
+import type * as Quant from "../lib/Quant.ts";
+import type * as Quantizer from "../lib/Quantizer.ts";
+import type * as Recipe from "../lib/Recipe.ts";
+import * as Tree from "../lib/Tree.ts";
+import type { Params } from "../lib/Tree.ts";
+import * as Edsr from "./edsr.ts";
+import * as Rdn from "./rdn.ts";
+
+/** A model ready to quantize: network, starting parameters, placement. */
+export interface Built {
+  readonly model: Nn.Layer<3, 3>;
+  readonly params: Params;
+  readonly placement: (
+    q: { readonly weight: Quantizer.Any; readonly input: Quantizer.Any },
+  ) => ReadonlyArray<Quant.Rule>;
+  /** Where the parameters came from, for logs. */
+  readonly source: string;
+}
+
+/** The model of a recipe could not be built. */
+export class ModelError extends Data.TaggedError("ModelError")<{ readonly reason: string }> {
+  override get message(): string {
+    return `model: ${this.reason}`;
+  }
+}
+
+const architecture = (m: Recipe.Recipe["model"]) => {
+  const o = m.options as Record<string, number>;
+  switch (m.arch) {
+    case "edsr":
+      return { model: Edsr.edsr({ ...o, upscale: m.scale }), placement: Edsr.placement };
+    case "rdn":
+      return { model: Rdn.rdn({ ...o, upscale: m.scale }), placement: Rdn.placement };
+    case "esrgan-slim":
+    case "esrgan-medium":
+      return {
+        model: Rdn.rdn({ ...Rdn.configs[m.arch], ...o, upscale: m.scale }),
+        placement: Rdn.placement,
+      };
+  }
+};
+
+/** Builds the recipe's FP32 model with its starting parameters. */
+export const build = (
+  m: Recipe.Recipe["model"],
+  seed: number,
+): Effect.Effect<Built, ModelError | Checkpoint.CheckpointError> =>
+  Effect.gen(function* () {
+    if (m.pretrained) {
+      if (m.arch !== "esrgan-slim" && m.arch !== "esrgan-medium") {
+        return yield* Effect.fail(
+          new ModelError({
+            reason: `no pretrained weights ship for "${m.arch}"; use model.checkpoint`,
+          }),
+        );
+      }
+      const name = m.arch;
+      const loaded = yield* Effect.tryPromise({
+        try: () => Pretrained.load(name, m.scale),
+        catch: (e) => new ModelError({ reason: (e as Error).message }),
+      });
+      return {
+        model: loaded.model,
+        params: loaded.params,
+        placement: Rdn.placement,
+        source: `pretrained ${name} ×${m.scale}`,
+      };
+    }
+    const { model, placement } = architecture(m);
+    if (m.checkpoint) {
+      const c = yield* Checkpoint.read(m.checkpoint);
+      for (const t of c.opt.values()) t.dispose();
+      const init = Tree.flatten(model.init(seed));
+      const params = new Map([...init.keys()].map((p) => [p, c.params.get(p)] as const));
+      const missing = [...params].find(([, t]) => !t);
+      Tree.dispose(Tree.unflatten(init));
+      if (missing) {
+        return yield* Effect.fail(
+          new ModelError({ reason: `checkpoint ${m.checkpoint} has no "${missing[0]}"` }),
+        );
+      }
+      for (const [p, t] of c.params) if (!init.has(p)) t.dispose();
+      return {
+        model,
+        params: Tree.unflatten(params as Map<string, import("@tensorflow/tfjs").Tensor>),
+        placement,
+        source: `checkpoint ${m.checkpoint}`,
+      };
+    }
+    return { model, params: model.init(seed), placement, source: `random init (seed ${seed})` };
+  });

@@ -1,0 +1,145 @@
+/**
+ * The training step and loop: no tensor leaks over 200 steps, the loss falls on a fixed batch,
+ * a non-finite loss stops the run with a typed error and leaves a readable checkpoint, and an
+ * invalid recipe is refused before any work with the field named.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { Cause, Effect, Exit } from "effect";
+import {
+  assert,
+  assertEquals,
+  assertInstanceOf,
+  assertLess,
+  assertStringIncludes,
+  assertThrows,
+} from "@std/assert";
+import * as Backend from "../lib/Backend.ts";
+import * as Checkpoint from "../lib/Checkpoint.ts";
+import * as Data from "../lib/Data.ts";
+import * as Quant from "../lib/Quant.ts";
+import * as Recipe from "../lib/Recipe.ts";
+import * as Train from "../lib/Train.ts";
+import * as Tree from "../lib/Tree.ts";
+import * as Registry from "../models/registry.ts";
+import { loadRecipe } from "../lib/cli/train.ts";
+import "./_setup.ts";
+
+const tinyDir = new URL("./fixtures/tiny/", import.meta.url).pathname;
+
+const tinyRecipe = (over: Partial<Recipe.Input["train"]> = {}) =>
+  Recipe.parse({
+    name: "t",
+    model: { arch: "edsr", scale: 2, options: { numFeat: 4, numBlock: 1 } },
+    quant: { wbits: 2, abits: 2 },
+    regularizer: { merge: "cooperative", lambdaM: 1e-3 },
+    train: {
+      steps: 5,
+      batch: 2,
+      patch: 6,
+      calibrationBatches: 1,
+      checkpointEvery: 1,
+      logEvery: 1,
+      ...over,
+    },
+    data: { train: tinyDir, eval: tinyDir, evalImages: 1 },
+  });
+
+const prepare = (recipe: Recipe.Recipe) =>
+  Effect.runPromise(Effect.gen(function* () {
+    const built = yield* Registry.build(recipe.model, 0);
+    const quantized = Quant.quantize(built.model, built.placement(Recipe.quantizers(recipe)!));
+    const ds = yield* Data.load(tinyDir, 2);
+    return { built, quantized, ds };
+  }));
+
+Deno.test("200 training steps leave tf.memory().numTensors unchanged after the first", async () => {
+  const recipe = tinyRecipe({ lrWeights: 1e-3 });
+  const { built, quantized } = await prepare(recipe);
+  const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
+  const cfg: Train.StepConfig = {
+    model: quantized,
+    optimizer: Train.optimizer(recipe.train),
+    merge: Train.mergeOf(recipe.regularizer),
+    detach: true,
+  };
+  let state: Train.State = { step: 0, params, opt: cfg.optimizer.init(params) };
+  const lr = tf.randomUniform([2, 6, 6, 3], 0, 255, "float32", 1) as tf.Tensor4D;
+  // A learnable target: the LR batch upscaled ×2 by pixel repetition.
+  const hr = tf.image.resizeNearestNeighbor(lr, [12, 12]);
+  const counts: number[] = [];
+  const losses: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const out = Train.step(cfg, state, { lr, hr });
+    losses.push((await out.report.data())[0]);
+    out.report.dispose();
+    Train.dispose(state);
+    state = out.state;
+    counts.push(tf.memory().numTensors);
+  }
+  assertEquals(new Set(counts).size, 1, `tensor counts: ${[...new Set(counts)]}`);
+  // On one fixed batch the L1 loss must fall.
+  assertLess(losses[199], losses[0] * 0.9);
+  Train.dispose(state);
+  tf.dispose([lr, hr]);
+});
+
+Deno.test("a non-finite loss stops the run with NonFiniteLoss and keeps a readable, finite checkpoint", async () => {
+  const recipe = tinyRecipe({ lrWeights: 1e30, steps: 20 });
+  const { built, quantized, ds } = await prepare(recipe);
+  const out = await Deno.makeTempDir();
+  const exit = await Effect.runPromiseExit(
+    Train.run(
+      recipe,
+      Recipe.toJSON(recipe),
+      { fp32: built.model, params: built.params, quantized },
+      {
+        train: ds,
+        eval: { ...ds, pairs: ds.pairs.slice(0, 1) },
+      },
+      { out, resume: false, log: () => {} },
+    ).pipe(Effect.provide(Backend.layer())),
+  );
+  assert(Exit.isFailure(exit));
+  const err = Cause.squash(exit.cause);
+  assertInstanceOf(err, Train.NonFiniteLoss);
+  assertStringIncludes(err.message, `at step ${err.step}`);
+  const ckpt = await Effect.runPromise(Checkpoint.read(`${out}/checkpoint.bin`));
+  assertEquals(ckpt.step, err.step);
+  for (const t of ckpt.params.values()) assert((await t.data()).every(Number.isFinite));
+  tf.dispose([...ckpt.params.values(), ...ckpt.opt.values()]);
+});
+
+Deno.test("an invalid recipe fails before any work and names the field", async () => {
+  const e = assertThrows(
+    () =>
+      Recipe.parse({
+        name: "x",
+        model: { arch: "edsr", scale: 5 },
+        quant: { wbits: 9, abits: 4 },
+        train: { steps: 1, batch: 0 },
+      }),
+    Recipe.RecipeInvalid,
+  );
+  assertStringIncludes(e.message, "recipe.model.scale");
+  assertStringIncludes(e.message, "recipe.quant.wbits");
+  assertStringIncludes(e.message, "recipe.train.batch");
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    `${dir}/bad.ts`,
+    `import * as Recipe from "${new URL("../lib/Recipe.ts", import.meta.url).href}";\n` +
+      `export default Recipe.make({ name: "bad", model: { arch: "edsr", scale: 4 }, quant: { wbits: 4, abits: 4 }, train: { steps: 10, patch: -3 } });\n`,
+  );
+  const err = await loadRecipe(`${dir}/bad.ts`).then(() => undefined, (x) => x as Error);
+  assertInstanceOf(err, Recipe.RecipeInvalid);
+  assertStringIncludes(err.message, "recipe.train.patch");
+  assertStringIncludes(err.message, "bad.ts");
+  // Through the CLI: exit code 1, the field named, no output folder created.
+  const out = `${dir}/never`;
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "lib/cli/train.ts", "--recipe", `${dir}/bad.ts`, "--out", out],
+    cwd: new URL("../", import.meta.url).pathname,
+  }).output();
+  assertEquals(r.code, 1);
+  assertStringIncludes(new TextDecoder().decode(r.stderr), "recipe.train.patch");
+  assertEquals(await Deno.stat(out).then(() => true, () => false), false);
+});
