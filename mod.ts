@@ -16,9 +16,11 @@
  * @module
  */
 export * as Backend from "./lib/Backend.ts";
+export * as Benchmark from "./lib/Benchmark.ts";
 export * as Calibration from "./lib/Calibration.ts";
 export * as Checkpoint from "./lib/Checkpoint.ts";
 export * as Cooperative from "./lib/Cooperative.ts";
+export * as Cost from "./lib/Cost.ts";
 export * as Data from "./lib/Data.ts";
 export * as Evaluate from "./lib/Evaluate.ts";
 export * as Image from "./lib/Image.ts";

@@ -24,8 +24,8 @@ export const Schema = z.object({
   /** Name of the experiment (used in output folders and tables). */
   name: z.string().min(1),
   model: z.object({
-    /** Architecture: `edsr`, `rdn`, or a pretrained RDN-family package `esrgan-slim` / `esrgan-medium`. */
-    arch: z.enum(["edsr", "rdn", "esrgan-slim", "esrgan-medium"]),
+    /** Architecture: `edsr`, `rdn`, `srresnet`, `swinir`, or a pretrained RDN-family package `esrgan-slim` / `esrgan-medium`. */
+    arch: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]),
     scale: z.union([z.literal(2), z.literal(3), z.literal(4)]),
     /** Architecture options (BasicSR names, e.g. `numFeat`, `numBlock`). */
     options: z.record(z.string(), z.number()).default({}),

@@ -15,6 +15,8 @@ import * as Tree from "../lib/Tree.ts";
 import type { Params } from "../lib/Tree.ts";
 import * as Edsr from "./edsr.ts";
 import * as Rdn from "./rdn.ts";
+import * as Srresnet from "./srresnet.ts";
+import * as Swinir from "./swinir.ts";
 
 /** A model ready to quantize: network, starting parameters, placement. */
 export interface Built {
@@ -34,13 +36,30 @@ export class ModelError extends Data.TaggedError("ModelError")<{ readonly reason
   }
 }
 
-const architecture = (m: Recipe.Recipe["model"]) => {
+/** The network and its quantization placement for a recipe's model (no parameters are made). */
+export const architecture = (
+  m: Pick<Recipe.Recipe["model"], "arch" | "scale" | "options">,
+): { readonly model: Nn.Layer<3, 3>; readonly placement: Built["placement"] } => {
   const o = m.options as Record<string, number>;
   switch (m.arch) {
     case "edsr":
       return { model: Edsr.edsr({ ...o, upscale: m.scale }), placement: Edsr.placement };
     case "rdn":
       return { model: Rdn.rdn({ ...o, upscale: m.scale }), placement: Rdn.placement };
+    case "srresnet":
+      return {
+        model: Srresnet.srresnet({ ...o, upscale: m.scale }),
+        placement: Srresnet.placement,
+      };
+    case "swinir": {
+      // Recipe options are numbers: `numLayers` RSTBs of `depth` blocks give `depths`.
+      const { numLayers, depth, ...rest } = o;
+      const depths = numLayers !== undefined ? Array(numLayers).fill(depth ?? 6) : undefined;
+      return {
+        model: Swinir.swinir({ ...rest, ...(depths ? { depths } : {}), upscale: m.scale }),
+        placement: Swinir.placement,
+      };
+    }
     case "esrgan-slim":
     case "esrgan-medium":
       return {

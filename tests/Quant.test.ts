@@ -97,3 +97,32 @@ Deno.test("calibrate: weight params from the weights, activation params averaged
   Tree.dispose(p);
   Tree.dispose(cal);
 });
+
+Deno.test("a range policy written outside lib/ plugs into a scheme unchanged", async () => {
+  // A user's policy: u = 3·mean|x| (a constant statistic), no learnable parameters.
+  const threeMeanAbs: Range.Range<Record<never, never>> = {
+    name: "3·mean|x|",
+    init: () => ({}),
+    defaults: () => ({}),
+    bounds: (_p, x) => {
+      const u = tf.mul(tf.mean(tf.abs(x)), 3) as tf.Scalar;
+      return { lower: tf.neg(u), upper: u };
+    },
+  };
+  const weight = Quantizer.symmetric({ bits: 3, range: threeMeanAbs });
+  const model = Quant.quantize(tiny(), [{ match: "head", weight }]);
+  assertEquals(Quant.layers(model).map((l) => l.path), ["head"]);
+  const p = model.init(0);
+  const w = Tree.leaf(Tree.sub(p, "head"), "weight");
+  const ws = await values(w);
+  const u = 3 * ws.reduce((a, v) => a + Math.abs(v), 0) / ws.length;
+  const got = await values(weight.apply({}, w));
+  const s = (2 * u) / 7;
+  ws.forEach((v, i) => {
+    const t = (Math.min(Math.max(v, -u), u) + u) / s;
+    if (Math.abs(t - Math.floor(t) - 0.5) > 1e-3) {
+      assertAlmostEquals(got[i], Math.round(t) * s - u, 1e-5);
+    }
+  });
+  Tree.dispose(p);
+});

@@ -1,0 +1,94 @@
+/**
+ * The cost of a training step by method, in one process: FP32, plain QAT (W4A4, learnable
+ * ranges, reconstruction loss only: one forward and one backward pass) and ODM (weight
+ * clipping correction + cooperative mismatch regulariser: two tapes and the merge), on a tiny
+ * EDSR and on the pretrained esrgan-slim of the default recipe. Deno.bench prints each
+ * method's time relative to the FP32 baseline of its group.
+ *
+ *   deno bench -A bench/train_step.bench.ts
+ */
+import * as tf from "@tensorflow/tfjs";
+import { Effect } from "effect";
+import * as Backend from "../lib/Backend.ts";
+import * as Quant from "../lib/Quant.ts";
+import * as Recipe from "../lib/Recipe.ts";
+import * as Train from "../lib/Train.ts";
+import * as Tree from "../lib/Tree.ts";
+import * as Registry from "../models/registry.ts";
+
+const info = await Backend.initialize();
+
+type Method = "fp32" | "plain" | "odm";
+
+const recipeOf = (model: Recipe.Input["model"], method: Method, batch: number, patch: number) =>
+  Recipe.parse({
+    name: `bench-${method}`,
+    model,
+    quant: method === "fp32"
+      ? { wbits: 32, abits: 32 }
+      : { wbits: 4, abits: 4, weightRange: method === "odm" ? "clipCorrected" : "learnable" },
+    regularizer: { merge: method === "odm" ? "cooperative" : "reconstruction" },
+    train: { steps: 1, batch, patch },
+  });
+
+async function stepper(model: Recipe.Input["model"], method: Method, batch: number, patch: number) {
+  const recipe = recipeOf(model, method, batch, patch);
+  const built = await Effect.runPromise(Registry.build(recipe.model, 0));
+  const q = Recipe.quantizers(recipe);
+  const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+  const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
+  const cfg: Train.StepConfig = {
+    model: quantized,
+    optimizer: Train.optimizer(recipe.train),
+    merge: Train.mergeOf(recipe.regularizer),
+    detach: true,
+  };
+  let state: Train.State = { step: 0, params, opt: cfg.optimizer.init(params) };
+  const s = recipe.model.scale;
+  const lr = tf.randomUniform([batch, patch, patch, 3], 0, 255, "float32", 1) as tf.Tensor4D;
+  const hr = tf.randomUniform(
+    [batch, patch * s, patch * s, 3],
+    0,
+    255,
+    "float32",
+    2,
+  ) as tf.Tensor4D;
+  const run = async () => {
+    const out = Train.step(cfg, state, { lr, hr });
+    await out.report.data(); // one read-back per step, as in training
+    out.report.dispose();
+    Train.dispose(state);
+    state = out.state;
+  };
+  await run(); // compile the shaders outside the timing
+  return run;
+}
+
+const configs = [
+  {
+    group: "tiny EDSR ×4 (4×32, batch 4, LR 24²)",
+    model: { arch: "edsr", scale: 4, options: { numFeat: 32, numBlock: 4 } },
+    batch: 4,
+    patch: 24,
+  },
+  {
+    group: "esrgan-slim ×4 (default recipe: batch 4, LR 32²)",
+    model: { arch: "esrgan-slim", scale: 4, pretrained: true },
+    batch: 4,
+    patch: 32,
+  },
+] as const;
+
+for (const c of configs) {
+  for (const method of ["fp32", "plain", "odm"] as const) {
+    const run = await stepper(c.model as Recipe.Input["model"], method, c.batch, c.patch);
+    Deno.bench({
+      name: `${method} step`,
+      group: `${c.group} on ${info.name} (${info.adapter})`,
+      baseline: method === "fp32",
+      n: 5,
+      warmup: 1,
+      fn: run,
+    });
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * `deno task cost --model <name> [--scale 4] [--bits B | --wbits B --abits B] [--method odm]
+ * [--size 1920x1080] [--json]`
+ *
+ * Prints the storage and BitOPs of a model and quantization scheme (Table 6 of the ODM paper),
+ * computed by {@link Cost.of} from the model's layers, next to its FP32 figures, and a
+ * breakdown by part of the model. `--json` prints one JSON object
+ * (`{"storageK", "bitopsT", …}`) and nothing else on stdout.
+ *
+ * @module
+ */
+import { Cause, Effect, Exit } from "effect";
+import * as z from "zod";
+import * as Backend from "../Backend.ts";
+import * as Cost from "../Cost.ts";
+import * as Quant from "../Quant.ts";
+import * as Recipe from "../Recipe.ts";
+import * as Registry from "../../models/registry.ts";
+import * as Args from "./Args.ts";
+
+const bits = z.coerce.number().int().refine((b) => (b >= 1 && b <= 8) || b === 32, {
+  message: "bits must be 1–8 or 32",
+});
+
+/** Quantizer ranges of each method (they decide the quantizer parameters that are stored). */
+const METHODS = {
+  /** ODM: clipping-corrected weights (γ), learnable activation bounds (l, u). */
+  odm: { weightRange: "clipCorrected", activationRange: "learnable" },
+  /** LSQ-like (Eq. 8): learnable u_w, learnable l_a, u_a. */
+  lsq: { weightRange: "learnable", activationRange: "learnable" },
+  /** Eq. 7 weights (u = max|W|, nothing stored), learnable activation bounds. */
+  max: { weightRange: "max", activationRange: "learnable" },
+  /** Per-call percentiles for both (nothing stored). */
+  percentile: { weightRange: "percentile", activationRange: "percentile" },
+} as const;
+
+const Options = z.object({
+  model: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]),
+  scale: z.enum(["2", "3", "4"]).default("4").transform(Number),
+  bits: bits.optional(),
+  wbits: bits.optional(),
+  abits: bits.optional(),
+  method: z.enum(["odm", "lsq", "max", "percentile"]).default("odm"),
+  size: z.string().regex(/^[1-9][0-9]*x[1-9][0-9]*$/, "expected WIDTHxHEIGHT, e.g. 1920x1080")
+    .default("1920x1080"),
+  bias: z.enum(["fp", "layer", "none"]).default("fp"),
+  concat: z.literal(true).optional(),
+  "mean-shift": z.literal(true).optional(),
+  json: z.literal(true).optional(),
+  help: z.literal(true).optional(),
+}).strict();
+
+const USAGE =
+  `usage: deno task cost --model <edsr|rdn|esrgan-slim|esrgan-medium> [--scale 4] [--bits B]
+                       [--wbits B] [--abits B] [--method odm] [--size 1920x1080] [--json]
+  --model       architecture (rdn: config B; esrgan-*: the @upscalerjs networks)
+  --scale       2, 3 or 4 (default 4)
+  --bits        weight and activation bits (1–8, 32 = FP; default 32)
+  --wbits/--abits  override --bits for weights / activations
+  --method      odm | lsq | max | percentile: which quantizer parameters are stored (default odm)
+  --size        output size WIDTHxHEIGHT (default 1920x1080, as Table 6)
+  --bias        bias adds at fp (default) | layer bits | none
+  --concat      count concatenations (one op per element); --mean-shift count mean-shift adds
+  --json        print {"storageK", "bitopsT", …} only`;
+
+const fmtInt = (n: number) => Math.round(n).toLocaleString("en");
+
+/** The whole `cost` task as an Effect program; returns what `--json` prints. */
+export const program = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const opts = Args.parse(Options, argv, ["json", "help", "concat", "mean-shift"]);
+    if (opts.help) {
+      console.log(USAGE);
+      return undefined;
+    }
+    yield* Backend.Backend;
+    const scale = opts.scale as 2 | 3 | 4;
+    const wbits = opts.wbits ?? opts.bits ?? 32;
+    const abits = opts.abits ?? opts.bits ?? 32;
+    const [width, height] = opts.size.split("x").map(Number);
+    const { model, placement } = Registry.architecture({ arch: opts.model, scale, options: {} });
+    const recipe = Recipe.parse({
+      name: "cost",
+      model: { arch: opts.model, scale },
+      quant: { wbits, abits, ...METHODS[opts.method] },
+      train: { steps: 0 },
+    });
+    const q = Recipe.quantizers(recipe);
+    const quantized = q ? Quant.quantize(model, placement(q)) : model;
+    const costOpts: Cost.Options = {
+      outputHeight: height,
+      outputWidth: width,
+      scale,
+      bias: opts.bias,
+      concat: opts.concat === true,
+      meanShift: opts["mean-shift"] === true,
+    };
+    const fp = Cost.of(model, costOpts);
+    const c = Cost.of(quantized, costOpts);
+    const layers = Quant.layers(quantized).length;
+    const result = {
+      model: opts.model,
+      scale,
+      size: { width, height },
+      wbits,
+      abits,
+      method: opts.method,
+      storageK: c.storageK,
+      bitopsT: c.bitopsT,
+      flops: c.flops,
+      macs: c.macs,
+      params: c.params,
+      quantizedLayers: layers,
+      fp32: { storageK: fp.storageK, bitopsT: fp.bitopsT },
+      parts: Cost.byPart(c),
+      unmodelled: c.unmodelled,
+    };
+    if (opts.json) {
+      console.log(JSON.stringify(result));
+      return result;
+    }
+    const row = (label: string, r: Cost.Result) =>
+      `| ${label} | ${fmtInt(r.params)} | ${r.storageK.toFixed(1)} | ${r.bitopsT.toFixed(1)} |`;
+    const lines = [
+      `| ${opts.model} ×${scale}, ${width}×${height} output | params | storage (K) | BitOPs (T) |`,
+      "|---|---|---|---|",
+      row("FP32", fp),
+      ...(q ? [row(`W${wbits}A${abits} (${opts.method}, ${layers} quantized layers)`, c)] : []),
+      "",
+      `| part | storage (K) | BitOPs (T) |`,
+      "|---|---|---|",
+      ...result.parts.map((p) =>
+        `| ${p.part === "" ? "(root)" : p.part} | ${p.storageK.toFixed(1)} | ${
+          p.bitopsT.toFixed(2)
+        } |`
+      ),
+    ];
+    console.log(lines.join("\n"));
+    if (c.unmodelled.length > 0) {
+      console.error(`warning: no FLOP model for [${c.unmodelled.join(", ")}] (counted as 0)`);
+    }
+    return result;
+  });
+
+if (import.meta.main) {
+  const exit = await Effect.runPromiseExit(
+    program(Deno.args).pipe(Effect.provide(Backend.layer({ prefer: "cpu", log: false }))),
+  );
+  if (Exit.isFailure(exit)) {
+    const e = Cause.squash(exit.cause);
+    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+    Deno.exit(1);
+  }
+  Deno.exit(0);
+}
