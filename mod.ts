@@ -16,6 +16,7 @@
  * @module
  */
 export * as Backend from "./lib/Backend.ts";
+export * as Baselines from "./lib/Baselines.ts";
 export * as Benchmark from "./lib/Benchmark.ts";
 export * as Calibration from "./lib/Calibration.ts";
 export * as Checkpoint from "./lib/Checkpoint.ts";

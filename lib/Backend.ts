@@ -124,6 +124,28 @@ async function startCpu(): Promise<Info> {
   return { name: "cpu", adapter: "tfjs cpu (JavaScript)", software: true };
 }
 
+/** Points XDG_RUNTIME_DIR at a private 0700 folder when it is unset or unusable. */
+function ensureRuntimeDir(): void {
+  const current = Deno.env.get("XDG_RUNTIME_DIR");
+  const usable = (dir: string) => {
+    try {
+      const st = Deno.statSync(dir);
+      return st.isDirectory && st.mode !== null && (st.mode & 0o077) === 0 && st.uid === Deno.uid();
+    } catch {
+      return false;
+    }
+  };
+  if (current && usable(current)) return;
+  const dir = `${Deno.env.get("TMPDIR") ?? "/tmp"}/qat-sr-runtime-${Deno.uid() ?? 0}`;
+  try {
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.chmodSync(dir, 0o700);
+    Deno.env.set("XDG_RUNTIME_DIR", dir);
+  } catch {
+    // Leave it: the warning is harmless.
+  }
+}
+
 let started: Promise<Info> | undefined;
 
 function requested(options: Options): Name | undefined {
@@ -146,8 +168,9 @@ function requested(options: Options): Name | undefined {
 export function initialize(options: Options = {}): Promise<Info> {
   if (started) return started;
   started = (async () => {
-    // Silences the tfjs-node advertisement and Deno's XDG warning; neither is actionable here.
-    if (!Deno.env.get("XDG_RUNTIME_DIR")) Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    // Mesa warns "XDG_RUNTIME_DIR is invalid or not set" unless it names a private (0700)
+    // folder of ours; nothing here needs one, so make one rather than print the warning.
+    ensureRuntimeDir();
     tf.env().set("IS_NODE", false);
     const want = requested(options);
     let info: Info;

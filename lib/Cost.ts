@@ -30,6 +30,9 @@
  *   other parameter: biases, FP layers, quantizer parameters l, u, γ) / 1000. Quantizer
  *   parameters are counted from each quantizer's own `defaults()` (ODM: γ for the weights, l
  *   and u for the inputs: 3 per layer); a quantizer at 32 bits stores nothing.
+ * - **Run-time quantizer arithmetic**: an input quantizer with a `runtimeFlops(elements,
+ *   channels)` function (DAQ's per-image channel statistics, `Baselines.RuntimeCost`) adds
+ *   those FLOPs to its layer, at 32·32 bits. ODM's layer-wise static quantizers add nothing.
  *
  * How close it lands (×4, 1920×1080 output, ODM quantizers; `deno task cost`):
  *
@@ -146,6 +149,13 @@ function quantizerParams(q: Quantizer.Any | undefined): number {
   return n;
 }
 
+/** FLOPs a quantizer spends at run time on an input of `elements` values (0 for most). */
+function runtimeFlops(q: Quantizer.Any | undefined, elements: number, channels: number): number {
+  if (!q || q.bits >= 32) return 0;
+  const f = (q as { runtimeFlops?: unknown }).runtimeFlops;
+  return typeof f === "function" ? (f as (e: number, c: number) => number)(elements, channels) : 0;
+}
+
 interface Size {
   readonly height: number;
   readonly width: number;
@@ -211,6 +221,7 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
       abits,
     };
     const pixels = size.height * size.width;
+    const extra = runtimeFlops(q?.spec.input, pixels * base.inChannels, base.inChannels);
     switch (inner.kind) {
       case "conv2d": {
         const k = inner.meta.kernel ?? 3;
@@ -225,8 +236,9 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
           quantizerParams: qp,
           storage: (weights * wbits) / 32 + biases + qp,
           macs,
-          flops: 2 * macs + adds,
-          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits),
+          flops: 2 * macs + adds + extra,
+          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
+            extra * 32 * 32,
         });
         return size;
       }
@@ -258,8 +270,9 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
           quantizerParams: qp,
           storage: (weights * wbits) / 32 + biases + qp,
           macs,
-          flops: 2 * macs + adds,
-          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits),
+          flops: 2 * macs + adds + extra,
+          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
+            extra * 32 * 32,
         });
         return size;
       }

@@ -10,6 +10,7 @@
  */
 import { Data } from "effect";
 import * as z from "zod";
+import * as Baselines from "./Baselines.ts";
 import * as Quantizer from "./Quantizer.ts";
 import * as Range from "./Range.ts";
 
@@ -39,12 +40,21 @@ export const Schema = z.object({
     wbits: bits,
     /** Activation bits (32 = full precision). */
     abits: bits,
-    /** Weight range: `clipCorrected` (Eq. 9, ODM), `learnable` (Eq. 8), `max` (Eq. 7), `percentile`. */
-    weightRange: z.enum(["clipCorrected", "learnable", "max", "percentile"]).default(
+    /**
+     * Weight range: `clipCorrected` (Eq. 9, ODM), `learnable` (Eq. 8), `max` (Eq. 7),
+     * `percentile`, or `pams` (max|W| with a zero level, `Baselines.pamsWeight`).
+     */
+    weightRange: z.enum(["clipCorrected", "learnable", "max", "percentile", "pams"]).default(
       "clipCorrected",
     ),
-    /** Activation range: `learnable` bounds initialised by calibration (ODM), or per-batch `max`/`percentile`. */
-    activationRange: z.enum(["learnable", "max", "percentile"]).default("learnable"),
+    /**
+     * Activation range: `learnable` bounds initialised by calibration (ODM), per-batch
+     * `max`/`percentile`, `pams` (learnable symmetric α, `Baselines.pamsActivation`) or `daq`
+     * (per-image channel-wise normalisation, `Baselines.daq`).
+     */
+    activationRange: z.enum(["learnable", "max", "percentile", "pams", "daq"]).default(
+      "learnable",
+    ),
     /** The j of the percentile statistics (SPEC §2, §5). */
     percentile: z.number().gt(0.5).max(1).default(0.99),
     /** Your own quantizers, overriding the named ranges (any `Quantizer.Quantizer` values). */
@@ -162,16 +172,27 @@ export function quantizers(
     learnable: () => Range.learnable(Range.percentile(j)),
     max: () => Range.max,
     percentile: () => Range.percentile(j),
+    pams: () => Range.max,
   }[q.weightRange]();
   const inputRange = {
     learnable: () => Range.learnable(Range.percentile(j)),
     max: () => Range.max,
     percentile: () => Range.percentile(j),
-  }[q.activationRange]();
+  };
+  // Baselines (SPEC §11) that are whole quantizers rather than range policies.
+  const weight = q.weightRange === "pams"
+    ? Baselines.pamsWeight(q.wbits)
+    : Quantizer.symmetric({ bits: q.wbits, range: weightRange as Range.Range });
+  const input = q.activationRange === "pams"
+    ? Baselines.pamsActivation(q.abits)
+    : q.activationRange === "daq"
+    ? Baselines.daq(q.abits)
+    : Quantizer.asymmetric({
+      bits: q.abits,
+      range: inputRange[q.activationRange]() as Range.Range,
+    });
   return {
-    weight: q.weightQuantizer ??
-      Quantizer.symmetric({ bits: q.wbits, range: weightRange as Range.Range }),
-    input: q.inputQuantizer ??
-      Quantizer.asymmetric({ bits: q.abits, range: inputRange as Range.Range }),
+    weight: q.weightQuantizer ?? weight,
+    input: q.inputQuantizer ?? input,
   };
 }

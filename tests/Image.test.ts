@@ -11,19 +11,7 @@ import {
   assertThrows,
 } from "@std/assert";
 import * as Image from "../lib/Image.ts";
-
-/** shared/data: $QAT_DATA_DIR, else ../shared/data beside the repository, else /work/shared. */
-function dataDir(): string {
-  const env = Deno.env.get("QAT_DATA_DIR");
-  if (env) return env;
-  const beside = new URL("../../shared/data", import.meta.url).pathname;
-  try {
-    Deno.statSync(beside);
-    return beside;
-  } catch {
-    return "/work/shared/data";
-  }
-}
+import { dataDir } from "./_data.ts";
 
 const sha256 = async (bytes: Uint8Array): Promise<string> =>
   Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource)))

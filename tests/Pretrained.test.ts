@@ -13,19 +13,7 @@ import * as Resize from "../lib/Resize.ts";
 import * as Tree from "../lib/Tree.ts";
 import { configs } from "../models/rdn.ts";
 import { values } from "./_setup.ts";
-
-/** shared/data: $QAT_DATA_DIR, else ../shared/data beside the repository, else /work/shared. */
-function dataDir(): string {
-  const env = Deno.env.get("QAT_DATA_DIR");
-  if (env) return env;
-  const beside = new URL("../../shared/data", import.meta.url).pathname;
-  try {
-    Deno.statSync(beside);
-    return beside;
-  } catch {
-    return "/work/shared/data";
-  }
-}
+import { dataDir } from "./_data.ts";
 
 interface Manifest {
   readonly weightsManifest: ReadonlyArray<{

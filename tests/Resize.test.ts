@@ -10,6 +10,7 @@ import {
   imresize,
   imresizeFloat,
 } from "../lib/Resize.ts";
+import { dataDir } from "./_data.ts";
 
 interface Case {
   name: string;
@@ -44,19 +45,6 @@ const fromBase64 = (s: string): Uint8Array => Uint8Array.from(atob(s), (ch) => c
 const sha256 = async (bytes: Uint8Array): Promise<string> =>
   Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes as BufferSource)))
     .map((b) => b.toString(16).padStart(2, "0")).join("");
-
-/** shared/data: $QAT_DATA_DIR, else ../shared/data beside the repository, else /work/shared. */
-function dataDir(): string {
-  const env = Deno.env.get("QAT_DATA_DIR");
-  if (env) return env;
-  const beside = new URL("../../shared/data", import.meta.url).pathname;
-  try {
-    Deno.statSync(beside);
-    return beside;
-  } catch {
-    return "/work/shared/data";
-  }
-}
 
 const firstDiff = (a: Uint8Array, b: Uint8Array): string => {
   const i = a.findIndex((v, k) => v !== b[k]);

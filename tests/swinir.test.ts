@@ -12,46 +12,9 @@ import * as Range from "../lib/Range.ts";
 import * as Tree from "../lib/Tree.ts";
 import type { Params } from "../lib/Tree.ts";
 import { placement, swinir } from "../models/swinir.ts";
-import { maxRelDiff, scalar, values } from "./_setup.ts";
+import { checkGradients, maxRelDiff, values } from "./_setup.ts";
 
 const ctx = Nn.context();
-
-/**
- * Checks `f`'s gradient with respect to each input against central finite differences along
- * random unit directions v: `⟨∇f, v⟩ ≈ (f(x + εv) − f(x − εv)) / 2ε` within `tol · (‖∇f‖ + 1)`,
- * the scale of any directional derivative (float32 rounds f to ~1e-7 · |f|, so ~1e-5 · |f| / ε).
- */
-async function checkGradients(
-  f: (...xs: tf.Tensor[]) => tf.Scalar,
-  xs: tf.Tensor[],
-  opts: { eps?: number; tol?: number; directions?: number; names?: string[] } = {},
-): Promise<void> {
-  const eps = opts.eps ?? 1e-2, tol = opts.tol ?? 5e-4;
-  const grads = tf.grads(f)(xs);
-  for (let i = 0; i < xs.length; i++) {
-    const norm = await scalar(tf.tidy(() => tf.norm(grads[i])));
-    for (let d = 0; d < (opts.directions ?? 3); d++) {
-      const v = tf.tidy(() => {
-        const r = tf.randomNormal(xs[i].shape, 0, 1, "float32", 100 * i + d + 1);
-        return tf.div(r, tf.norm(r));
-      });
-      const at = (sign: number) =>
-        tf.tidy(() => f(...xs.map((x, j) => (j === i ? tf.add(x, tf.mul(v, sign * eps)) : x))));
-      const [plus, minus, dir] = [at(1), at(-1), tf.sum(tf.mul(grads[i], v))];
-      const fd = ((await scalar(plus)) - (await scalar(minus))) / (2 * eps);
-      const an = await scalar(dir);
-      const name = opts.names?.[i] ?? String(i);
-      assert(Number.isFinite(an), `${name}: gradient not finite`);
-      assertLess(
-        Math.abs(an - fd),
-        tol * (norm + 1),
-        `${name}, direction ${d}: analytic ${an} vs finite difference ${fd} (‖∇‖ ${norm})`,
-      );
-      tf.dispose([v, plus, minus, dir]);
-    }
-  }
-  tf.dispose(grads);
-}
 
 /** A fixed random readout `Σ y·r`, so every output element carries gradient. */
 const readout = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, "float32", seed);

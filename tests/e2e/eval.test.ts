@@ -23,7 +23,6 @@ const evalTask = async (args: string[]) => {
     cwd: root,
     stdout: "piped",
     stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
   }).output();
   return {
     code: r.code,

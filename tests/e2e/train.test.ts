@@ -19,7 +19,6 @@ const train = (out: string, extra: string[] = []) =>
     cwd: root,
     stdout: "piped",
     stderr: "piped",
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp" },
   });
 
 const finish = async (cmd: Deno.Command) => {

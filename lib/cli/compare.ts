@@ -1,0 +1,234 @@
+/**
+ * `deno task compare [--methods odm,lsq,max,pams,daq | --ablation] [--model esrgan-slim]
+ *   [--scale 4] [--bits 4] [--steps N] [--out DIR] [--data DIR] [--eval-images N]
+ *   [--recipe <file or name>] [--json]`
+ *
+ * Trains every method from one base recipe (default `recipes/default.ts`: pretrained
+ * esrgan-slim ×4) with the same seed, data order and steps, each through `Train.run` into
+ * `<out>/<method>/`, and prints one Markdown table in the layout of the ODM paper's tables:
+ * method, W/A, PSNR/SSIM on the eval set, storage (K) and BitOPs (T) for a 1920×1080 output
+ * (`Cost.of`, which charges each method's own quantizer parameters and run-time statistics).
+ * Writes `<out>/compare.json` and `<out>/compare.md`. `--ablation` runs Table 7 (a)–(e)
+ * instead. An interrupted comparison resumes: methods whose `summary.json` exists are read,
+ * not run again, and a half-done one continues from its checkpoint. `--json` prints only
+ * `{"rows": [...]}` on stdout (progress goes to stderr).
+ *
+ * @module
+ */
+import { Cause, Effect, Exit, Layer } from "effect";
+import * as z from "zod";
+import * as Backend from "../Backend.ts";
+import * as Baselines from "../Baselines.ts";
+import * as Cost from "../Cost.ts";
+import * as Data from "../Data.ts";
+import * as Quant from "../Quant.ts";
+import * as Recipe from "../Recipe.ts";
+import * as Train from "../Train.ts";
+import * as Tree from "../Tree.ts";
+import * as Registry from "../../models/registry.ts";
+import * as Args from "./Args.ts";
+import { loadRecipe } from "./train.ts";
+
+const Options = z.object({
+  recipe: z.string().default("default"),
+  model: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]).optional(),
+  scale: z.coerce.number().pipe(z.union([z.literal(2), z.literal(3), z.literal(4)])).optional(),
+  bits: z.coerce.number().int().min(1).max(8).optional(),
+  steps: Args.int.optional(),
+  methods: z.string().default("odm,lsq,max,pams,daq"),
+  ablation: z.literal(true).optional(),
+  out: z.string().default("runs/compare"),
+  data: z.string().optional(),
+  "eval-images": z.coerce.number().int().positive().optional(),
+  json: z.literal(true).optional(),
+  help: z.literal(true).optional(),
+}).strict();
+
+const USAGE = `usage: deno task compare [options]
+  --recipe       base recipe file or name under recipes/ (default: default)
+  --model        architecture (default: the recipe's; esrgan-* are pretrained)
+  --scale        2, 3 or 4 (default: the recipe's)
+  --bits         weight and activation bits (default: the recipe's)
+  --steps        training steps per method (default: the recipe's)
+  --methods      comma list of ${Object.keys(Baselines.methods).join(",")} (default: all)
+  --ablation     run Table 7 (a)–(e) instead of --methods
+  --out          output folder (default: runs/compare); each method in <out>/<method>/
+  --data         folder of HR images for training and evaluation (default: the recipe's)
+  --eval-images  evaluate on the first N images only
+  --json         print only {"rows": [...]} on stdout`;
+
+/** One row of the comparison. */
+export interface Row {
+  readonly method: string;
+  readonly label: string;
+  readonly wbits: number;
+  readonly abits: number;
+  readonly psnr: number;
+  readonly ssim: number;
+  readonly storageK: number;
+  readonly bitopsT: number;
+}
+
+/** The Markdown table, in the paper's layout. */
+export function table(rows: ReadonlyArray<Row>, scale: number, evalName: string): string {
+  return [
+    `| method | W/A | PSNR (dB) ×${scale} ${evalName} | SSIM | storage (K) | BitOPs (T) |`,
+    "|---|---|---|---|---|---|",
+    ...rows.map((r) =>
+      `| ${r.method}: ${r.label.replaceAll("|", "\\|")} | ${r.wbits}/${r.abits} | ${
+        r.psnr.toFixed(2)
+      } | ${r.ssim.toFixed(4)} | ${r.storageK.toFixed(3)} | ${r.bitopsT.toFixed(2)} |`
+    ),
+  ].join("\n");
+}
+
+const exists = (f: string) =>
+  Deno.stat(f).then(() => true, (e) => {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  });
+
+/** The whole `compare` task as an Effect program; returns the rows. */
+export const program = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function* () {
+    const opts = Args.parse(Options, argv, ["ablation", "json", "help"]);
+    if (opts.help) {
+      console.log(USAGE);
+      return [];
+    }
+    const say = opts.json ? (l: string) => console.error(l) : (l: string) => console.log(l);
+    const table_ = opts.ablation ? Baselines.ablations : Baselines.methods;
+    const keys = opts.ablation
+      ? Object.keys(Baselines.ablations)
+      : opts.methods.split(",").map((m) => m.trim()).filter((m) => m !== "");
+    const unknown = keys.filter((k) => !(k in table_));
+    if (unknown.length > 0 || keys.length === 0) {
+      throw new Error(
+        `unknown method(s) ${unknown.join(", ")}; choose from ${Object.keys(table_).join(",")}`,
+      );
+    }
+    // The base recipe with the command-line overrides, validated before any work.
+    const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
+    const b = loaded.recipe;
+    const model = opts.model
+      ? {
+        ...b.model,
+        arch: opts.model,
+        pretrained: opts.model.startsWith("esrgan"),
+        options: opts.model === b.model.arch ? b.model.options : {},
+      }
+      : b.model;
+    const base = Recipe.parse({
+      ...b,
+      model: { ...model, scale: opts.scale ?? model.scale },
+      quant: { ...b.quant, wbits: opts.bits ?? b.quant.wbits, abits: opts.bits ?? b.quant.abits },
+      train: { ...b.train, steps: opts.steps ?? b.train.steps },
+      data: {
+        ...b.data,
+        ...(opts.data ? { train: opts.data, eval: opts.data } : {}),
+        ...(opts["eval-images"] ? { evalImages: opts["eval-images"] } : {}),
+      },
+    }, "(compare base)");
+    const recipes = keys.map((k) => [k, Recipe.parse(Baselines.vary(base, k, table_[k]))] as const);
+    const scale = base.model.scale;
+    yield* Backend.Backend;
+    yield* Effect.promise(() => Deno.mkdir(opts.out, { recursive: true }));
+
+    // Same data for every method (Data.stream orders batches by the shared seed).
+    const dir = (
+      d: string,
+      which: "train" | "eval",
+    ) => (d === "embedded" ? Data.embedded[which] : d);
+    const train = yield* Data.load(dir(base.data.train, "train"), scale, { name: "train" });
+    const evalAll = yield* Data.load(dir(base.data.eval, "eval"), scale, { name: "eval" });
+    const evalSet = base.data.evalImages
+      ? { ...evalAll, pairs: evalAll.pairs.slice(0, base.data.evalImages) }
+      : evalAll;
+    const cost = { outputHeight: 1080, outputWidth: 1920, scale };
+
+    const rows: Row[] = [];
+    let fp32Row: Row | undefined;
+    for (const [key, recipe] of recipes) {
+      const out = `${opts.out}/${key}`;
+      const built = yield* Registry.build(recipe.model, recipe.train.seed);
+      const q = Recipe.quantizers(recipe);
+      const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+      let summary: Train.Summary;
+      if (yield* Effect.promise(() => exists(`${out}/summary.json`))) {
+        say(`${key}: done before, reading ${out}/summary.json`);
+        summary = JSON.parse(yield* Effect.promise(() => Deno.readTextFile(`${out}/summary.json`)));
+        Tree.dispose(built.params);
+      } else {
+        say(`${key}: ${table_[key].label} → ${out}`);
+        summary = yield* Train.run(
+          recipe,
+          Recipe.toJSON(recipe),
+          { fp32: built.model, params: built.params, quantized },
+          { train, eval: evalSet },
+          { out, resume: true, log: (l) => say(`  [${key}] ${l}`) },
+        );
+      }
+      const c = Cost.of(quantized, cost);
+      fp32Row ??= {
+        method: "fp32",
+        label: "full precision",
+        wbits: 32,
+        abits: 32,
+        psnr: summary.fp32.psnr,
+        ssim: summary.fp32.ssim,
+        storageK: Cost.of(built.model, cost).storageK,
+        bitopsT: Cost.of(built.model, cost).bitopsT,
+      };
+      rows.push({
+        method: key,
+        label: table_[key].label,
+        wbits: recipe.quant.wbits,
+        abits: recipe.quant.abits,
+        psnr: summary.qat.psnr,
+        ssim: summary.qat.ssim,
+        storageK: c.storageK,
+        bitopsT: c.bitopsT,
+      });
+    }
+    const all = fp32Row ? [fp32Row, ...rows] : rows;
+    const evalName = base.data.eval === "embedded" ? "embedded" : base.data.eval.split("/")
+      .filter((s) => s).pop() ?? "eval";
+    const md = table(all, scale, evalName);
+    const header =
+      `${base.model.arch} ×${scale}, ${base.train.steps} steps, seed ${base.train.seed}, ` +
+      `eval ${evalSet.pairs.length} images`;
+    yield* Effect.promise(async () => {
+      await Deno.writeTextFile(
+        `${opts.out}/compare.json`,
+        JSON.stringify({ setup: header, rows: all }, null, 2) + "\n",
+      );
+      await Deno.writeTextFile(`${opts.out}/compare.md`, `${header}\n\n${md}\n`);
+    });
+    if (opts.json) {
+      console.log(JSON.stringify({
+        rows: all.map((r) => ({
+          method: r.method,
+          psnr: r.psnr,
+          ssim: r.ssim,
+          storageK: r.storageK,
+          bitopsT: r.bitopsT,
+        })),
+      }));
+    } else {
+      console.log(`\n${header}\n\n${md}\n\nwrote ${opts.out}/compare.json, ${opts.out}/compare.md`);
+    }
+    return all;
+  });
+
+if (import.meta.main) {
+  const json = Deno.args.includes("--json");
+  const exit = await Effect.runPromiseExit(
+    program(Deno.args).pipe(Effect.provide(Layer.mergeAll(Backend.layer({ log: !json })))),
+  );
+  if (Exit.isFailure(exit)) {
+    const e = Cause.squash(exit.cause);
+    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
+    Deno.exit(1);
+  }
+  Deno.exit(0);
+}
