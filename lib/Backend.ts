@@ -15,6 +15,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import { Context, Data, Effect, Layer } from "effect";
+import * as Kernels from "./Kernels.ts";
 
 /** The backends the project runs on. */
 export type Name = "webgpu" | "cpu";
@@ -36,6 +37,8 @@ export interface Options {
   readonly prefer?: Name;
   /** Print the start-up line (default true). */
   readonly log?: boolean;
+  /** Conv/matmul kernels on webgpu: ours or tfjs stock (default `QAT_KERNELS`, else ours). */
+  readonly kernels?: Kernels.Which;
 }
 
 /** A backend that was asked for explicitly could not start. */
@@ -185,6 +188,7 @@ export function initialize(options: Options = {}): Promise<Info> {
         info = await startCpu();
       } else info = r;
     }
+    Kernels.install(info, options.kernels);
     if (options.log !== false) console.log(`backend: ${info.name} (${info.adapter})`);
     return info;
   })();

@@ -14,6 +14,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import * as Kernels from "./Kernels.ts";
 import type * as Range from "./Range.ts";
 import type { Params } from "./Tree.ts";
 
@@ -44,56 +45,21 @@ export type Any = Quantizer<any>;
 
 /**
  * Eq. 1 on tensors: the fake-quant of `x` to `bits` over `[lower, upper]`, differentiable in
- * all three inputs.
+ * all three inputs, as one fused kernel (lib/Kernels.ts) on webgpu and cpu.
  *
- * NOTE: the backward pass is written out rather than left to autodiff, because tfjs's
- * gradients of Maximum/Minimum do not reduce over broadcast axes and broadcasting the bounds
- * explicitly (Tile) makes tfjs build one slice per element in the backward pass. The formulas
- * are exactly what autodiff through `min(max(x, l), u)` with a straight-through round gives
- * (SPEC §1), and tests/Quantizer.test.ts checks them against finite differences:
- * inside `[l, u]`: `∂q/∂x = 1`, `∂q/∂u = (q − x)/(u − l)`, `∂q/∂l = (x − q)/(u − l)`;
- * above: `∂q/∂u = 1`; below: `∂q/∂l = 1`.
+ * NOTE: the backward pass is exactly what autodiff through `min(max(x, l), u)` with a
+ * straight-through round gives (SPEC §1), written out: tfjs's Maximum/Minimum gradients do
+ * not reduce over broadcast axes and broadcasting the bounds explicitly (Tile) costs one op
+ * per tile. Inside `[l, u]`: `∂q/∂x = 1`, `∂q/∂u = (q − x)/(u − l)`, `∂q/∂l = (x − q)/(u − l)`;
+ * above: `∂q/∂u = 1`; below: `∂q/∂l = 1`. tests/Quantizer.test.ts checks them against finite
+ * differences.
  */
 export const fakeQuant = (
   x: tf.Tensor,
   lower: tf.Scalar,
   upper: tf.Scalar,
   bits: number,
-): tf.Tensor => fakeQuantOp(bits)(x, lower, upper);
-
-const ops = new Map<number, (x: tf.Tensor, l: tf.Scalar, u: tf.Scalar) => tf.Tensor>();
-
-function fakeQuantOp(bits: number) {
-  let op = ops.get(bits);
-  if (op) return op;
-  const levels = 2 ** bits - 1;
-  const f = tf.customGrad(
-    ((...args: Array<tf.Tensor | tf.GradSaveFunc>) => {
-      const [x, l, u, save] = args as [tf.Tensor, tf.Scalar, tf.Scalar, tf.GradSaveFunc];
-      const s = tf.div(tf.sub(u, l), levels);
-      const clipped = tf.minimum(tf.maximum(x, l), u);
-      const q = tf.add(tf.mul(tf.round(tf.div(tf.sub(clipped, l), s)), s), l);
-      // Tensors used by the backward pass must be saved: the forward's intermediates are freed.
-      save([x, l, u, q]);
-      return {
-        value: q,
-        gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
-          const [sx, sl, su, sq] = saved;
-          const inside = tf.logicalAnd(tf.greaterEqual(sx, sl), tf.lessEqual(sx, su));
-          const zero = tf.zerosLike(sx);
-          const dx = tf.where(inside, dy, zero);
-          const slope = tf.div(tf.mul(dy, tf.sub(sq, sx)), tf.sub(su, sl)); // dy·(q − x)/(u − l)
-          const du = tf.sum(tf.where(inside, slope, tf.where(tf.greater(sx, su), dy, zero)));
-          const dl = tf.sum(tf.where(inside, tf.neg(slope), tf.where(tf.less(sx, sl), dy, zero)));
-          return [dx, dl, du];
-        },
-      };
-    }) as Parameters<typeof tf.customGrad>[0],
-  );
-  op = (x, l, u) => f(x, l, u);
-  ops.set(bits, op);
-  return op;
-}
+): tf.Tensor => Kernels.fakeQuant(x, lower, upper, bits);
 
 function checkBits(bits: number): void {
   if (!(Number.isInteger(bits) && ((bits >= 1 && bits <= 8) || bits === 32))) {

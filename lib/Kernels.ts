@@ -1,0 +1,107 @@
+/**
+ * Fast kernels: our own WGSL convolutions registered into tfjs's `webgpu` backend in place of
+ * the stock ones, and the fused fake-quant op of Eq. 1 of the ODM paper,
+ * `q = round_half_even((clip(x, l, u) − l) / s) · s + l` with `s = (u − l) / (2^bits − 1)`.
+ *
+ * - {@link install} replaces `Conv2D`, `Conv2DBackpropInput` and `Conv2DBackpropFilter` on
+ *   `webgpu` for NHWC float32, stride 1, dilation 1, odd square kernels 1…9 with "same"
+ *   padding (tfjs's conv gradient calls the last two, so training gets them too), and
+ *   `BatchMatMul` (float32, transposes, a broadcast batch of 1). Every other configuration runs
+ *   the stock tfjs kernel, which stays selectable (`"stock"`, or the environment variable
+ *   `QAT_KERNELS=stock`). Tiles and the operand storage (read-only storage
+ *   textures on software adapters, storage buffers on GPUs) are chosen from the adapter.
+ * - {@link fakeQuant} is one kernel forward and one elementwise pass plus a reduction backward,
+ *   on `webgpu` and (same code path, plain JS) on `cpu`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type * as Backend from "./Backend.ts";
+import * as Register from "./internal/kernels/register.ts";
+import * as Tuning from "./internal/kernels/tuning.ts";
+import * as FQ from "./internal/kernels/fake_quant.ts";
+
+/** Which conv and matmul kernels run on `webgpu`: ours (default) or tfjs's stock ones. */
+export type Which = "ours" | "stock";
+
+/** `QAT_KERNELS` (`ours` | `stock`), else `"ours"`. */
+export function defaultWhich(): Which {
+  const env = Deno.env.get("QAT_KERNELS");
+  if (env === undefined || env === "") return "ours";
+  if (env !== "ours" && env !== "stock") throw new Error("QAT_KERNELS must be ours or stock");
+  return env;
+}
+
+/**
+ * Registers our kernels (once per process) and selects which conv kernels run. Idempotent;
+ * calling it again with another `which` switches. `info` picks the tuning (cpu: fake-quant
+ * kernels only, the conv kernels there are tfjs's).
+ */
+export function install(info: Backend.Info, which: Which = defaultWhich()): void {
+  Register.installFakeQuant();
+  Register.installConv();
+  Register.installMatMul();
+  Register.state.which = which;
+  Register.state.batch = submitBatch();
+  Register.state.tuning = info.name === "webgpu" ? Tuning.choose(info) : undefined;
+}
+
+/** tfjs's deferred-submit batch size (our kernels submit on the same schedule). */
+function submitBatch(): number {
+  try {
+    return tf.env().getNumber("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE");
+  } catch {
+    return 15;
+  }
+}
+
+/** The conv and matmul kernels selected now. */
+export function current(): Which {
+  return Register.state.which;
+}
+
+/** What {@link install} chose, for run summaries: `ours (texture)`, `stock`, … */
+export function describe(): string {
+  const t = Register.state.tuning;
+  if (Register.state.which === "stock" || !t) return "stock";
+  return `ours (${t.storage})`;
+}
+
+/**
+ * Fake-quantizes `x` to `2^bits` levels on `[lower, upper]` (Eq. 1), with the straight-through
+ * gradients: `dx = dy` inside `[l, u]` (inclusive) and 0 outside; `dl = Σ_inside dy·(x − q)/(u − l)
+ * + Σ_{x<l} dy`; `du = Σ_inside dy·(q − x)/(u − l) + Σ_{x>u} dy`.
+ *
+ * NOTE: these are exactly the gradients of the composite expression under autodiff with a
+ * straight-through `round`; `lower` and `upper` are one-element tensors and get gradients of
+ * their own shapes.
+ *
+ * @example
+ * ```ts
+ * import * as tf from "@tensorflow/tfjs";
+ * import * as Backend from "./Backend.ts";
+ * import * as Kernels from "./Kernels.ts";
+ * const info = await Backend.initialize({ prefer: "cpu", log: false });
+ * Kernels.install(info);
+ * const q = Kernels.fakeQuant(tf.tensor1d([-1, 0.2, 0.5, 3]), tf.scalar(0), tf.scalar(1), 1);
+ * console.log(await q.data()); // 0, 0, 0 (half to even), 1
+ * ```
+ */
+export function fakeQuant(
+  x: tf.Tensor,
+  lower: tf.Tensor,
+  upper: tf.Tensor,
+  bits: number,
+): tf.Tensor {
+  if (!Number.isInteger(bits) || bits < 1 || bits > 8) {
+    throw new Error(`fakeQuant: bits must be an integer in 1..8, got ${bits}`);
+  }
+  if (lower.size !== 1 || upper.size !== 1) {
+    throw new Error("fakeQuant: lower and upper must be one-element tensors");
+  }
+  if (x.dtype !== "float32" || lower.dtype !== "float32" || upper.dtype !== "float32") {
+    throw new Error("fakeQuant: float32 tensors only");
+  }
+  Register.installFakeQuant();
+  return tf.engine().runKernel(FQ.FAKE_QUANT, { x, lower, upper }, { bits }) as tf.Tensor;
+}

@@ -1,0 +1,213 @@
+/**
+ * Registration of our kernels into tfjs in place of the stock ones, keeping the stock kernel
+ * functions so that every unsupported case (and `which = "stock"`) runs them.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
+import { Gpu } from "./gpu.ts";
+import * as Conv from "./conv.ts";
+import * as FQ from "./fake_quant.ts";
+import * as MatMul from "./matmul.ts";
+import type { Tuning } from "./tuning.ts";
+
+/** Which implementation the conv kernels use. */
+export type Which = "ours" | "stock";
+
+type KernelArgs = Parameters<tf.KernelFunc>[0];
+
+const gpus = new WeakMap<object, Gpu>();
+
+/** The per-backend GPU state. */
+export function gpuOf(backend: object): Gpu {
+  let g = gpus.get(backend);
+  if (!g) {
+    g = new Gpu(backend as unknown as WebGPUBackend);
+    gpus.set(backend, g);
+  }
+  return g;
+}
+
+/** Mutable state of the installation (one per process: tfjs's registry is global). */
+export const state: { which: Which; tuning: Tuning | undefined; batch: number } = {
+  which: "stock",
+  tuning: undefined,
+  batch: 15,
+};
+
+const stock = new Map<string, tf.KernelFunc>();
+
+/** The stock webgpu kernel function of `name`, as registered before we replaced it. */
+export function stockKernel(name: string): tf.KernelFunc {
+  const f = stock.get(name) ?? tf.getKernel(name, "webgpu")?.kernelFunc;
+  if (!f) throw new Error(`no stock webgpu kernel ${name}`);
+  return f;
+}
+
+/** Replaces the webgpu kernel `name` by `ours`, which may return undefined to use the stock one. */
+export function override(
+  name: string,
+  ours: (args: KernelArgs) => tf.TensorInfo | undefined,
+): void {
+  if (!stock.has(name)) {
+    const config = tf.getKernel(name, "webgpu");
+    if (!config) return;
+    stock.set(name, config.kernelFunc);
+  }
+  const base = stock.get(name)!;
+  tf.unregisterKernel(name, "webgpu");
+  tf.registerKernel({
+    kernelName: name,
+    backendName: "webgpu",
+    kernelFunc: (args) => {
+      const t = state.tuning;
+      const r = state.which === "ours" && t ? ours(args) : undefined;
+      return r ?? base(args);
+    },
+  });
+}
+
+const f32 = (...ts: tf.TensorInfo[]) => ts.every((t) => t.dtype === "float32");
+
+function finish(backend: object, r: tf.TensorInfo | undefined): tf.TensorInfo | undefined {
+  if (r) gpuOf(backend).endOp(state.batch);
+  return r;
+}
+
+let convInstalled = false;
+
+/** Installs our Conv2D, Conv2DBackpropInput and Conv2DBackpropFilter on webgpu (once). */
+export function installConv(): void {
+  if (convInstalled || !tf.getKernel("Conv2D", "webgpu")) return;
+  convInstalled = true;
+  override("Conv2D", ({ inputs, attrs, backend }) => {
+    const { x, filter } = inputs as { x: tf.TensorInfo; filter: tf.TensorInfo };
+    const a = attrs as unknown as tf.Conv2DAttrs;
+    if (!f32(x, filter) || x.shape.length !== 4) return undefined;
+    if (!gpuOf(backend).onBuffers(x, filter)) return undefined;
+    const info = tf.backend_util.computeConv2DInfo(
+      x.shape as [number, number, number, number],
+      filter.shape as [number, number, number, number],
+      a.strides,
+      a.dilations,
+      a.pad,
+      a.dimRoundingMode,
+      false,
+      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
+    );
+    const s = Conv.sameConv(info);
+    if (!s) return undefined;
+    return finish(backend, Conv.forward(gpuOf(backend), state.tuning!, s, x, filter, false));
+  });
+  override("Conv2DBackpropInput", ({ inputs, attrs, backend }) => {
+    const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
+    const a = attrs as unknown as tf.Conv2DBackpropInputAttrs;
+    if (!f32(dy, filter) || dy.shape.length !== 4) return undefined;
+    if (!gpuOf(backend).onBuffers(dy, filter)) return undefined;
+    const info = tf.backend_util.computeConv2DInfo(
+      a.inputShape,
+      filter.shape as [number, number, number, number],
+      a.strides,
+      1,
+      a.pad,
+      a.dimRoundingMode,
+      false,
+      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
+    );
+    const s = Conv.sameConv(info);
+    if (!s || dy.shape.some((d, i) => d !== [s.n, s.h, s.w, s.o][i])) return undefined;
+    // The input gradient is a forward conv of dy with the flipped, transposed filter.
+    const t: Conv.ConvShape = { ...s, i: s.o, o: s.i };
+    return finish(backend, Conv.forward(gpuOf(backend), state.tuning!, t, dy, filter, true));
+  });
+  override("Conv2DBackpropFilter", ({ inputs, attrs, backend }) => {
+    const { x, dy } = inputs as { x: tf.TensorInfo; dy: tf.TensorInfo };
+    const a = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
+    if (!f32(x, dy) || x.shape.length !== 4) return undefined;
+    if (!gpuOf(backend).onBuffers(x, dy)) return undefined;
+    const info = tf.backend_util.computeConv2DInfo(
+      x.shape as [number, number, number, number],
+      a.filterShape,
+      a.strides,
+      1,
+      a.pad,
+      a.dimRoundingMode,
+      false,
+      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
+    );
+    const s = Conv.sameConv(info);
+    if (!s || dy.shape.some((d, i) => d !== [s.n, s.h, s.w, s.o][i])) return undefined;
+    return finish(backend, Conv.filterGradient(gpuOf(backend), state.tuning!, s, x, dy));
+  });
+}
+
+let matMulInstalled = false;
+
+/** Installs our BatchMatMul on webgpu (once). */
+export function installMatMul(): void {
+  if (matMulInstalled || !tf.getKernel("BatchMatMul", "webgpu")) return;
+  matMulInstalled = true;
+  override("BatchMatMul", ({ inputs, attrs, backend }) => {
+    const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = attrs as unknown as tf.BatchMatMulAttrs;
+    if (!f32(a, b) || !gpuOf(backend).onBuffers(a, b)) return undefined;
+    const s = MatMul.matMulShape(a.shape, b.shape, transposeA, transposeB);
+    if (!s) return undefined;
+    return finish(backend, MatMul.matMul(gpuOf(backend), state.tuning!, s, a, b));
+  });
+}
+
+/** Registers `QatFakeQuant` and `QatFakeQuantGrad` on webgpu and cpu, and the gradient. */
+export function installFakeQuant(): void {
+  if (tf.getKernel(FQ.FAKE_QUANT, "cpu")) return;
+  const attrsOf = (a: unknown) => a as FQ.FakeQuantAttrs;
+  tf.registerKernel({ kernelName: FQ.FAKE_QUANT, backendName: "cpu", kernelFunc: FQ.fakeQuantCpu });
+  tf.registerKernel({
+    kernelName: FQ.FAKE_QUANT_GRAD,
+    backendName: "cpu",
+    kernelFunc: FQ.fakeQuantGradCpu,
+  });
+  tf.registerKernel({
+    kernelName: FQ.FAKE_QUANT,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { x, lower, upper } = inputs as Record<string, tf.TensorInfo>;
+      const r = FQ.fakeQuantGpu(gpuOf(backend), x, lower, upper, attrsOf(attrs).bits);
+      gpuOf(backend).endOp(state.batch);
+      return r;
+    },
+  });
+  tf.registerKernel({
+    kernelName: FQ.FAKE_QUANT_GRAD,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { dy, x, lower, upper } = inputs as Record<string, tf.TensorInfo>;
+      const parts = state.tuning?.reduceParts ?? 1024;
+      const r = FQ.fakeQuantGradGpu(
+        gpuOf(backend),
+        dy,
+        x,
+        lower,
+        upper,
+        attrsOf(attrs).bits,
+        parts,
+      );
+      gpuOf(backend).endOp(state.batch);
+      return r;
+    },
+  });
+  tf.registerGradient({
+    kernelName: FQ.FAKE_QUANT,
+    inputsToSave: ["x", "lower", "upper"],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, lower, upper] = saved;
+      const [dx, dl, du] = tf.engine().runKernel(
+        FQ.FAKE_QUANT_GRAD,
+        { dy: dy as tf.Tensor, x, lower, upper },
+        attrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+      return { x: () => dx, lower: () => dl, upper: () => du };
+    },
+  });
+}

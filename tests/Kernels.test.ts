@@ -1,0 +1,419 @@
+/**
+ * Our kernels against oracles: the stock tfjs webgpu kernels and the tfjs cpu backend for the
+ * convolutions (forward and both gradients, every kernel size, odd shapes, both operand
+ * storages), a scalar float32 reference of Eq. 1 for fakeQuant (every bit width, exact level
+ * ties, values outside the range), finite differences and the autodiff of the composite
+ * expression for its gradients, and tensor-leak checks.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { assert, assertEquals, assertLess } from "@std/assert";
+import * as Backend from "../lib/Backend.ts";
+import * as Kernels from "../lib/Kernels.ts";
+import * as Register from "../lib/internal/kernels/register.ts";
+import * as Tuning from "../lib/internal/kernels/tuning.ts";
+import { quantizeScalar } from "../lib/internal/kernels/fake_quant.ts";
+
+const info = await Backend.initialize({ log: false });
+Kernels.install(info);
+const gpu = info.name === "webgpu";
+
+/** Deterministic uniform values in [-1, 1). */
+function values(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+function assertClose(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {
+  assertEquals(actual.length, expected.length, what);
+  let diff = 0;
+  let scale = 1e-6;
+  for (let i = 0; i < actual.length; i++) {
+    diff = Math.max(diff, Math.abs(actual[i] - expected[i]));
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
+  assertLess(diff / scale, 1e-4, `${what}: max relative difference ${diff / scale}`);
+}
+
+type Pad = "same" | [[number, number], [number, number], [number, number], [number, number]];
+interface Case {
+  readonly x: [number, number, number, number];
+  readonly k: number;
+  readonly o: number;
+  readonly pad?: Pad;
+}
+
+// Odd sizes, every kernel size, a kernel larger than the image, an explicit symmetric pad; the
+// last case also takes the copy paths (rows of 256-byte multiples). The `full` case is also
+// checked against stock webgpu and on the buffer operand path (shader JIT time bounds the
+// suite: the other cases compare with the cpu backend only).
+const CASES: (Case & { full?: boolean })[] = [
+  { x: [1, 7, 5, 3], k: 3, o: 5, full: true },
+  { x: [2, 6, 9, 4], k: 1, o: 8 },
+  { x: [1, 5, 7, 6], k: 5, o: 3 },
+  { x: [1, 4, 6, 5], k: 9, o: 7 },
+  { x: [2, 8, 8, 16], k: 3, o: 64, pad: [[0, 0], [1, 1], [1, 1], [0, 0]] },
+];
+
+/** Forward output and the gradients of `Σ r·conv(x, w)` w.r.t. x and w, on the current backend. */
+async function convAndGrads(c: Case, seed: number): Promise<Float32Array[]> {
+  const [n, h, w, i] = c.x;
+  seed *= 10;
+  const x = tf.tensor4d(values(n * h * w * i, seed), c.x);
+  const f = tf.tensor4d(values(c.k * c.k * i * c.o, seed + 1), [c.k, c.k, i, c.o]);
+  const r = tf.tensor4d(values(n * h * w * c.o, seed + 2), [n, h, w, c.o]);
+  const pad = c.pad ?? "same";
+  const y = tf.conv2d(x, f, 1, pad);
+  const [dx, dw] = tf.grads((a: tf.Tensor, b: tf.Tensor) =>
+    tf.sum(tf.mul(tf.conv2d(a as tf.Tensor4D, b as tf.Tensor4D, 1, pad), r))
+  )([x, f]);
+  const out = await Promise.all([y, dx, dw].map((t) => t.data() as Promise<Float32Array>));
+  tf.dispose([x, f, r, y, dx, dw]);
+  return out;
+}
+
+async function onCpu<T>(f: () => Promise<T>): Promise<T> {
+  const before = tf.getBackend();
+  await tf.setBackend("cpu");
+  try {
+    return await f();
+  } finally {
+    await tf.setBackend(before);
+  }
+}
+
+function withStorage(storage: Tuning.Tuning["storage"]): void {
+  Register.state.tuning = { ...Tuning.choose(info), storage };
+}
+
+Deno.test({
+  name: "conv kernels equal the cpu backend and stock webgpu (forward, input and weight gradient)",
+  ignore: !gpu,
+  fn: async () => {
+    const storages: Tuning.Tuning["storage"][] = Tuning.readonlyTextures()
+      ? ["texture", "buffer"]
+      : ["buffer"];
+    const saved = Kernels.current();
+    try {
+      for (const [ci, c] of CASES.entries()) {
+        const what = `x ${c.x} k ${c.k} o ${c.o}`;
+        const refs: [string, Float32Array[]][] = [["cpu", await onCpu(() => convAndGrads(c, ci))]];
+        if (c.full) {
+          Kernels.install(info, "stock");
+          refs.push(["stock", await convAndGrads(c, ci)]);
+        }
+        for (const storage of c.full ? storages : storages.slice(0, 1)) {
+          Kernels.install(info, "ours");
+          withStorage(storage);
+          const ours = await convAndGrads(c, ci);
+          for (const [ref, want] of refs) {
+            for (const [j, name] of ["forward", "dx", "dw"].entries()) {
+              assertClose(ours[j], want[j], `${name} ${what} ${storage} vs ${ref}`);
+            }
+          }
+        }
+      }
+    } finally {
+      Kernels.install(info, saved);
+    }
+  },
+});
+
+Deno.test({
+  name: "unsupported convs (stride 2, valid padding, dilation) fall back to the stock kernels",
+  ignore: !gpu,
+  fn: async () => {
+    const x = tf.tensor4d(values(1 * 7 * 6 * 3, 5), [1, 7, 6, 3]);
+    const f = tf.tensor4d(values(3 * 3 * 3 * 4, 6), [3, 3, 3, 4]);
+    const run = () =>
+      Promise.all([
+        tf.conv2d(x, f, 2, "same"),
+        tf.conv2d(x, f, 1, "valid"),
+        tf.conv2d(x, f, 1, "same", "NHWC", 2),
+      ].map(async (t) => {
+        const d = await t.data();
+        t.dispose();
+        return d;
+      }));
+    const saved = Kernels.current();
+    Kernels.install(info, "stock");
+    const stock = await run();
+    Kernels.install(info, "ours");
+    const ours = await run();
+    Kernels.install(info, saved);
+    for (let i = 0; i < stock.length; i++) assertEquals(ours[i], stock[i]);
+    tf.dispose([x, f]);
+  },
+});
+
+/** `a·b` and the gradients of `Σ r·(a·b)` w.r.t. a and b (transposed matmuls) on the backend. */
+async function matMulAndGrads(
+  as: number[],
+  bs: number[],
+  ta: boolean,
+  tb: boolean,
+  seed: number,
+): Promise<Float32Array[]> {
+  const a = tf.tensor(values(tf.util.sizeFromShape(as), seed), as);
+  const b = tf.tensor(values(tf.util.sizeFromShape(bs), seed + 1), bs);
+  const y = tf.matMul(a, b, ta, tb);
+  const r = tf.tensor(values(y.size, seed + 2), y.shape);
+  const [da, db] = tf.grads((p: tf.Tensor, q: tf.Tensor) =>
+    tf.sum(tf.mul(tf.matMul(p, q, ta, tb), r))
+  )(
+    [a, b],
+  );
+  const out = await Promise.all([y, da, db].map((t) => t.data() as Promise<Float32Array>));
+  tf.dispose([a, b, y, r, da, db]);
+  return out;
+}
+
+Deno.test({
+  name: "matmul kernel equals the cpu backend and stock webgpu (transposes, batches, gradients)",
+  ignore: !gpu,
+  fn: async () => {
+    const saved = Kernels.current();
+    try {
+      // Gradients take both operands transposed; the last case takes the copy paths. Only the
+      // first is also compared with stock webgpu (shader JIT time bounds the suite).
+      const cases: [number[], number[], boolean, boolean][] = [
+        [[7, 5], [3, 7], true, true],
+        [[2, 9, 13], [2, 10, 13], false, true],
+        [[2, 8, 64], [2, 64, 64], false, false],
+      ];
+      for (const [i, [as, bs, ta, tb]] of cases.entries()) {
+        const what = `${as}${ta ? "ᵀ" : ""} · ${bs}${tb ? "ᵀ" : ""}`;
+        const refs: [string, Float32Array[]][] = [
+          ["cpu", await onCpu(() => matMulAndGrads(as, bs, ta, tb, 100 + i))],
+        ];
+        if (i === 0) {
+          Kernels.install(info, "stock");
+          refs.push(["stock", await matMulAndGrads(as, bs, ta, tb, 100 + i)]);
+        }
+        Kernels.install(info, "ours");
+        const ours = await matMulAndGrads(as, bs, ta, tb, 100 + i);
+        for (const [ref, want] of refs) {
+          for (const [j, name] of ["a·b", "da", "db"].entries()) {
+            assertClose(ours[j], want[j], `${name} ${what} vs ${ref}`);
+          }
+        }
+      }
+      // A broadcast batch (forward only: tfjs's BatchMatMul gradient does not reduce it).
+      const run = async () => {
+        const y = tf.matMul(
+          tf.tensor3d(values(27, 1), [3, 3, 3]),
+          tf.tensor2d(values(6, 2), [3, 2]),
+        );
+        const d = await y.data();
+        y.dispose();
+        return d;
+      };
+      assertClose(await run(), await onCpu(run), "broadcast batch vs cpu");
+    } finally {
+      Kernels.install(info, saved);
+    }
+  },
+});
+
+// ---------------------------------------------------------------------------------------------
+// fakeQuant
+
+const backends = gpu ? ["webgpu", "cpu"] : ["cpu"];
+
+async function onBackend<T>(name: string, f: () => Promise<T>): Promise<T> {
+  return name === tf.getBackend() ? await f() : await onCpu(f);
+}
+
+Deno.test("fakeQuant equals the scalar Eq. 1 reference at every bit width", async () => {
+  for (const backend of backends) {
+    await onBackend(backend, async () => {
+      // 256 and 257 elements: the vec4 and the scalar kernels.
+      for (let bits = 1; bits <= 8; bits++) {
+        const l = -0.75;
+        const u = 1.25;
+        const xs = values(256 + (bits % 2), bits).map((v) => v * 1.6 + 0.25); // some outside
+        const q = Kernels.fakeQuant(tf.tensor1d(xs), tf.scalar(l), tf.scalar(u), bits);
+        const got = await q.data();
+        q.dispose();
+        const s = Math.fround(Math.fround(u - l) / (2 ** bits - 1));
+        for (let i = 0; i < xs.length; i++) {
+          const want = quantizeScalar(xs[i], l, u, bits);
+          const t = (Math.min(Math.max(xs[i], l), u) - l) / s;
+          // A division may differ by an ulp on GPUs: skip values within 1e-4 of a tie.
+          if (Math.abs(t - Math.floor(t) - 0.5) < 1e-4) continue;
+          assertLess(Math.abs(got[i] - want), 1e-6, `${backend} bits ${bits} x ${xs[i]}`);
+        }
+      }
+    });
+  }
+});
+
+Deno.test("fakeQuant rounds exact ties half to even and clips outside the range", async () => {
+  for (const backend of backends) {
+    await onBackend(backend, async () => {
+      for (let bits = 1; bits <= 8; bits++) {
+        // s = 0.25 exactly, so every tie (level + s/2) is exact in float32.
+        const levels = 2 ** bits - 1;
+        const l = -2;
+        const u = l + levels * 0.25;
+        const xs: number[] = [l - 1, u + 3, l, u];
+        const want: number[] = [l, u, l, u];
+        for (let j = 0; j < levels; j++) {
+          xs.push(l + (j + 0.5) * 0.25);
+          want.push(l + (j % 2 === 0 ? j : j + 1) * 0.25);
+        }
+        // Odd bit widths give a multiple of 4 elements (vec4 kernel), even ones do not.
+        if (bits % 2 === 1) {
+          while (xs.length % 4 !== 0) {
+            xs.push(u);
+            want.push(u);
+          }
+        }
+        const q = Kernels.fakeQuant(tf.tensor1d(xs), tf.scalar(l), tf.scalar(u), bits);
+        assertEquals(Array.from(await q.data()), want, `${backend} bits ${bits}`);
+        q.dispose();
+      }
+    });
+  }
+});
+
+/** Kernel gradients of `Σ dy·fakeQuant(x, l, u)`. */
+async function fqGrads(xs: Float32Array, dys: Float32Array, l: number, u: number, bits: number) {
+  const dy = tf.tensor1d(dys);
+  const g = tf.grads((x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) =>
+    tf.sum(tf.mul(Kernels.fakeQuant(x, lo, hi, bits), dy))
+  );
+  const ts = g([tf.tensor1d(xs), tf.scalar(l), tf.scalar(u)]);
+  const [dx, dl, du] = await Promise.all(ts.map((t) => t.data()));
+  tf.dispose([...ts, dy]);
+  return { dx, dl: dl[0], du: du[0] };
+}
+
+Deno.test("fakeQuant gradients equal finite differences of the straight-through surrogate", async () => {
+  // With a straight-through round, q̃ = clip(x, l, u) + (r − t)·s(l, u) with r − t frozen at the
+  // evaluation point: its finite differences are the gradients the kernel must produce.
+  const bits = 3;
+  const l = -0.6;
+  const u = 0.9;
+  const levels = 2 ** bits - 1;
+  const n = 64;
+  const xs = values(n, 7).map((v) => v * 1.3);
+  const dys = values(n, 8);
+  const s0 = (u - l) / levels;
+  const frozen = Array.from(xs, (x) => {
+    const t = (Math.min(Math.max(x, l), u) - l) / s0;
+    return Math.round(t) - t;
+  });
+  const loss = (x: ArrayLike<number>, lo: number, hi: number) => {
+    let sum = 0;
+    for (let i = 0; i < n; i++) {
+      sum += dys[i] * (Math.min(Math.max(x[i], lo), hi) + frozen[i] * (hi - lo) / levels);
+    }
+    return sum;
+  };
+  const eps = 1e-4;
+  const fdL = (loss(xs, l + eps, u) - loss(xs, l - eps, u)) / (2 * eps);
+  const fdU = (loss(xs, l, u + eps) - loss(xs, l, u - eps)) / (2 * eps);
+  for (const backend of backends) {
+    await onBackend(backend, async () => {
+      const g = await fqGrads(xs, dys, l, u, bits);
+      assertLess(Math.abs(g.dl - fdL), 1e-3 * (1 + Math.abs(fdL)), `${backend} dl`);
+      assertLess(Math.abs(g.du - fdU), 1e-3 * (1 + Math.abs(fdU)), `${backend} du`);
+      for (let i = 0; i < n; i++) {
+        if (Math.abs(xs[i] - l) < 2 * eps || Math.abs(xs[i] - u) < 2 * eps) continue;
+        const xp = Float64Array.from(xs);
+        xp[i] += eps;
+        const xm = Float64Array.from(xs);
+        xm[i] -= eps;
+        const fd = (loss(xp, l, u) - loss(xm, l, u)) / (2 * eps);
+        assertLess(Math.abs(g.dx[i] - fd), 1e-3, `${backend} dx[${i}]`);
+      }
+    });
+  }
+});
+
+Deno.test("fakeQuant gradients equal autodiff of the composite expression with an STE round", async () => {
+  const steRound = tf.customGrad((t) => ({
+    value: tf.round(t as tf.Tensor),
+    gradFunc: (dy) => dy as tf.Tensor,
+  }));
+  const composite = (x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor, bits: number) => {
+    const s = tf.div(tf.sub(hi, lo), 2 ** bits - 1);
+    // NOTE: clip(x, l, u) = x − relu(x − u) + relu(l − x): tfjs's maximum/minimum gradients do
+    // not reduce broadcasts, and broadcastTo's gradient is one op per tile.
+    const c = tf.add(tf.sub(x, tf.relu(tf.sub(x, hi))), tf.relu(tf.sub(lo, x)));
+    return tf.add(tf.mul(steRound(tf.div(tf.sub(c, lo), s)) as tf.Tensor, s), lo);
+  };
+  for (const backend of backends) {
+    await onBackend(backend, async () => {
+      for (const bits of [1, 2, 4, 8]) {
+        const n = 97;
+        // Includes values exactly on l and u (inside, inclusive) and outside on both sides.
+        const xs = values(n, 20 + bits).map((v) => v * 1.5);
+        xs[0] = -0.5;
+        xs[1] = 1;
+        const dys = values(n, 30 + bits);
+        const ours = await fqGrads(xs, dys, -0.5, 1, bits);
+        const dy = tf.tensor1d(dys);
+        const ts = tf.grads((x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) =>
+          tf.sum(tf.mul(composite(x, lo, hi, bits), dy))
+        )([tf.tensor1d(xs), tf.scalar(-0.5), tf.scalar(1)]);
+        const [dx, dl, du] = await Promise.all(ts.map((t) => t.data()));
+        tf.dispose([...ts, dy]);
+        assertClose(ours.dx, dx, `${backend} bits ${bits} dx`);
+        assertLess(Math.abs(ours.dl - dl[0]), 1e-4 * (1 + Math.abs(dl[0])), `${backend} dl`);
+        assertLess(Math.abs(ours.du - du[0]), 1e-4 * (1 + Math.abs(du[0])), `${backend} du`);
+      }
+    });
+  }
+});
+
+Deno.test("fakeQuant validates its arguments", () => {
+  const x = tf.tensor1d([0.5]);
+  const l = tf.scalar(0);
+  const u = tf.scalar(1);
+  for (const bits of [0, 9, 2.5]) {
+    let threw = false;
+    try {
+      Kernels.fakeQuant(x, l, u, bits);
+    } catch {
+      threw = true;
+    }
+    assert(threw, `bits ${bits}`);
+  }
+  tf.dispose([x, l, u]);
+});
+
+Deno.test("kernels leak no tensors", async () => {
+  const before = tf.memory().numTensors;
+  for (const backend of backends) {
+    await onBackend(backend, async () => {
+      const x = tf.tensor4d(values(2 * 5 * 6 * 4, 3), [2, 5, 6, 4]);
+      const f = tf.tensor4d(values(3 * 3 * 4 * 4, 4), [3, 3, 4, 4]);
+      const l = tf.scalar(-0.5);
+      const u = tf.scalar(0.5);
+      for (let step = 0; step < 2; step++) {
+        const grads = tf.tidy(() =>
+          tf.grads((a: tf.Tensor, b: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor) =>
+            tf.sum(
+              tf.conv2d(
+                Kernels.fakeQuant(a, lo, hi, 2) as tf.Tensor4D,
+                b as tf.Tensor4D,
+                1,
+                "same",
+              ),
+            )
+          )([x, f, l, u])
+        );
+        await Promise.all(grads.map((g) => g.data()));
+        tf.dispose(grads);
+      }
+      tf.dispose([x, f, l, u]);
+    });
+  }
+  assertEquals(tf.memory().numTensors, before);
+});
