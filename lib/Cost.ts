@@ -222,25 +222,30 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
     };
     const pixels = size.height * size.width;
     const extra = runtimeFlops(q?.spec.input, pixels * base.inChannels, base.inChannels);
+    // A conv or linear layer with `weights` weights per output pixel (token): 2·MACs FLOPs,
+    // one bias add per output element (at 32 bits unless `bias: "layer"`), and the run-time
+    // statistics of a dynamic activation quantizer (DAQ) at 32 bits.
+    const weighted = (weights: number): Size => {
+      const biases = inner.meta.bias === false ? 0 : base.outChannels;
+      const macs = pixels * weights;
+      const adds = biases > 0 && bias !== "none" ? pixels * base.outChannels : 0;
+      out.push({
+        ...base,
+        ...size,
+        params: weights + biases + qp,
+        quantizerParams: qp,
+        storage: (weights * wbits) / 32 + biases + qp,
+        macs,
+        flops: 2 * macs + adds + extra,
+        bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
+          extra * 32 * 32,
+      });
+      return size;
+    };
     switch (inner.kind) {
       case "conv2d": {
         const k = inner.meta.kernel ?? 3;
-        const weights = k * k * base.inChannels * base.outChannels;
-        const biases = inner.meta.bias === false ? 0 : base.outChannels;
-        const macs = pixels * weights;
-        const adds = biases > 0 && bias !== "none" ? pixels * base.outChannels : 0;
-        out.push({
-          ...base,
-          ...size,
-          params: weights + biases + qp,
-          quantizerParams: qp,
-          storage: (weights * wbits) / 32 + biases + qp,
-          macs,
-          flops: 2 * macs + adds + extra,
-          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
-            extra * 32 * 32,
-        });
-        return size;
+        return weighted(k * k * base.inChannels * base.outChannels);
       }
       case "pixelShuffle":
       case "upsampleNearest": {
@@ -257,25 +262,9 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
         out.push({ ...base, ...size, ...zero(qp), flops, bitops: flops * 32 * 32 });
         return size;
       }
-      case "linear": {
-        // A linear layer is a 1×1 conv over the tokens (one token per pixel in SwinIR).
-        const weights = base.inChannels * base.outChannels;
-        const biases = inner.meta.bias === false ? 0 : base.outChannels;
-        const macs = pixels * weights;
-        const adds = biases > 0 && bias !== "none" ? pixels * base.outChannels : 0;
-        out.push({
-          ...base,
-          ...size,
-          params: weights + biases + qp,
-          quantizerParams: qp,
-          storage: (weights * wbits) / 32 + biases + qp,
-          macs,
-          flops: 2 * macs + adds + extra,
-          bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
-            extra * 32 * 32,
-        });
-        return size;
-      }
+      // A linear layer is a 1×1 conv over the tokens (one token per pixel in SwinIR).
+      case "linear":
+        return weighted(base.inChannels * base.outChannels);
       case "layerNorm":
       case "batchNorm":
       case "prelu": {
