@@ -40,13 +40,8 @@ async function stepper(
   const q = Recipe.quantizers(recipe);
   const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
   const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
-  const cfg: Train.StepConfig = {
-    model: quantized,
-    optimizer: Train.optimizer(recipe.train),
-    merge: Train.mergeOf(recipe.regularizer),
-    detach: true,
-  };
-  let state: Train.State = { step: 0, params, opt: cfg.optimizer.init(params) };
+  const cfg = Train.configOf(recipe, quantized);
+  let state = Train.initialState(cfg, params);
   const s = recipe.model.scale;
   const lr = tf.randomUniform([batch, patch, patch, 3], 0, 255, "float32", 1) as tf.Tensor4D;
   const hr = tf.randomUniform([batch, patch * s, patch * s, 3], 0, 255, "float32", 2);

@@ -93,6 +93,21 @@ export const mergeOf = (r: Recipe.Recipe["regularizer"]): Cooperative.Merge =>
     ? Cooperative.naive({ lambdaR: r.lambdaR, lambdaM: r.lambdaM })
     : Cooperative.reconstructionOnly({ lambdaR: r.lambdaR });
 
+/** The step configuration a recipe describes, for its (quantized) model. */
+export const configOf = (recipe: Recipe.Recipe, model: Nn.AnyLayer): StepConfig => ({
+  model,
+  optimizer: optimizer(recipe.train),
+  merge: mergeOf(recipe.regularizer),
+  detach: recipe.regularizer.detach,
+});
+
+/** A state at step 0: the parameters and a fresh optimizer state. */
+export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Tensor>): State => ({
+  step: 0,
+  params,
+  opt: cfg.optimizer.init(params),
+});
+
 /**
  * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
  * four reported scalars `[l1, mismatch, cosine, conflict]` as one tensor. Does not dispose the
@@ -276,12 +291,7 @@ export const run = (
     const model = prepared.quantized;
     const nQuant = Quant.layers(model).length;
     const batchOpts: Data.BatchOptions = { batch: t.batch, patch: t.patch, seed: t.seed };
-    const cfg: StepConfig = {
-      model,
-      optimizer: optimizer(t),
-      merge: mergeOf(recipe.regularizer),
-      detach: recipe.regularizer.detach,
-    };
+    const cfg = configOf(recipe, model);
     const evalOpts = (what: string): Evaluate.Options => ({
       onImage: (i, n, s) =>
         log(`  eval ${what} ${i + 1}/${n} ${s.file.split("/").pop()}: ${s.psnr.toFixed(2)} dB`),
@@ -348,7 +358,7 @@ export const run = (
         );
         ptq = { psnr: p.psnr, ssim: p.ssim };
       } else ptq = null;
-      state = { step: 0, params, opt: cfg.optimizer.init(params) };
+      state = initialState(cfg, params);
     }
 
     const save = (s: State, seconds: number) =>

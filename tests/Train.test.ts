@@ -56,13 +56,8 @@ Deno.test("200 training steps leave tf.memory().numTensors unchanged after the f
   const recipe = tinyRecipe({ lrWeights: 1e-3 });
   const { built, quantized } = await prepare(recipe);
   const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
-  const cfg: Train.StepConfig = {
-    model: quantized,
-    optimizer: Train.optimizer(recipe.train),
-    merge: Train.mergeOf(recipe.regularizer),
-    detach: true,
-  };
-  let state: Train.State = { step: 0, params, opt: cfg.optimizer.init(params) };
+  const cfg = Train.configOf(recipe, quantized);
+  let state = Train.initialState(cfg, params);
   const lr = tf.randomUniform([2, 6, 6, 3], 0, 255, "float32", 1) as tf.Tensor4D;
   // A learnable target: the LR batch upscaled ×2 by pixel repetition.
   const hr = tf.image.resizeNearestNeighbor(lr, [12, 12]);

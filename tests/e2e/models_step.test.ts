@@ -71,14 +71,9 @@ for (const [name, m] of Object.entries(models)) {
     for (const t of [...Tree.flatten(init).values(), ...Tree.flatten(cal).values()]) {
       if (!kept.has(t)) t.dispose();
     }
-    const cfg: Train.StepConfig = {
-      model,
-      optimizer: Train.optimizer(recipe.train),
-      merge: Train.mergeOf(recipe.regularizer),
-      detach: recipe.regularizer.detach,
-    };
+    const cfg = Train.configOf(recipe, model);
     const first = new Map([...params].map(([k, t]) => [k, t.clone()] as const));
-    let state: Train.State = { step: 0, params, opt: cfg.optimizer.init(params) };
+    let state = Train.initialState(cfg, params);
     const counts: number[] = [];
     for (let i = 0; i < 3; i++) {
       const out = Train.step(cfg, state, { lr, hr });
