@@ -1,11 +1,20 @@
 /**
- * A training step with tfjs's stock conv kernels vs ours, in one process: the tiny EDSR ×4 of
- * PLATFORM.md (4 blocks × 32 channels, batch 4, LR 24², Adam) and an EDSR-baseline body width
- * (16 × 64, batch 8, LR 48²), FP32 and plain W4A4 QAT. Prints the median seconds per step and the
- * ratio, with the backend named. The stock EDSR-baseline step takes minutes: it runs once,
- * shader compilation included (a few seconds of it).
+ * A training step with tfjs's stock conv kernels vs ours vs PyTorch (CPU, 2 threads), in one
+ * process: the tiny EDSR ×4 of PLATFORM.md (4 blocks × 32 channels, batch 4, LR 24², Adam) and
+ * an EDSR-baseline body width (16 × 64, batch 8, LR 48²); FP32, W2A2 plain QAT (learnable
+ * ranges, reconstruction loss only) and W2A2 ODM (clip-corrected weights, mismatch loss on a
+ * second tape, cooperative merge). Prints the median seconds per step after one warm-up step,
+ * the ratios ours/stock and ours/PyTorch, and ODM/FP32 with our kernels, with the backend named.
+ * The stock EDSR-baseline step takes minutes: it runs once, shader compilation included (a few
+ * seconds of it).
  *
- *   deno run -A bench/step.ts [--quick]
+ * PyTorch numbers come from bench/reference/step.py, run with `/usr/bin/python3`; they are
+ * skipped (null, with a note) when python3 or torch is missing. PyTorch is never a dependency.
+ *
+ *   deno run -A bench/step.ts [--quick] [--json]
+ *
+ * `--quick`: tiny EDSR only. `--json`: prints only `{"rows": [{"name", "ours_s", "stock_s",
+ * "pytorch_s"}]}` on stdout (null where skipped); notes go to stderr.
  */
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
@@ -17,25 +26,59 @@ import * as Train from "../lib/Train.ts";
 import * as Tree from "../lib/Tree.ts";
 import * as Registry from "../models/registry.ts";
 
-const info = await Backend.initialize({ log: false });
 const quick = Deno.args.includes("--quick");
-console.log(`backend: ${info.name} (${info.adapter})`);
+const json = Deno.args.includes("--json");
+/** Human output (stdout), silent under `--json`. */
+const say = (line: string) => {
+  if (!json) console.log(line);
+};
+/** Notes: stdout for humans, stderr under `--json` so stdout stays one JSON document. */
+const note = (line: string) => (json ? console.error(line) : console.log(line));
 
-type Method = "fp32" | "plain";
+const info = await Backend.initialize({ log: false });
+say(`backend: ${info.name} (${info.adapter})`);
+
+type Method = "fp32" | "plain" | "odm";
+
+/** Row labels, shared with bench/reference/step.py. */
+const LABEL: Record<Method, string> = {
+  fp32: "FP32",
+  plain: "W2A2 plain QAT",
+  odm: "W2A2 ODM",
+};
+
+function recipeOf(
+  model: Recipe.Input["model"],
+  method: Method,
+  batch: number,
+  patch: number,
+): Recipe.Recipe {
+  const quant: Recipe.Input["quant"] = method === "fp32"
+    ? { wbits: 32, abits: 32 }
+    : method === "plain"
+    ? { wbits: 2, abits: 2, weightRange: "learnable", activationRange: "learnable" }
+    : { wbits: 2, abits: 2, weightRange: "clipCorrected", activationRange: "learnable" };
+  return Recipe.parse({
+    name: `step-${method}`,
+    model,
+    quant,
+    regularizer: { merge: method === "odm" ? "cooperative" : "reconstruction" },
+    train: { steps: 1, batch, patch },
+  });
+}
+
+interface Stepper {
+  readonly run: () => Promise<void>;
+  readonly dispose: () => void;
+}
 
 async function stepper(
   model: Recipe.Input["model"],
   method: Method,
   batch: number,
   patch: number,
-): Promise<() => Promise<void>> {
-  const recipe = Recipe.parse({
-    name: `step-${method}`,
-    model,
-    quant: method === "fp32" ? { wbits: 32, abits: 32 } : { wbits: 4, abits: 4 },
-    regularizer: { merge: "reconstruction" },
-    train: { steps: 1, batch, patch },
-  });
+): Promise<Stepper> {
+  const recipe = recipeOf(model, method, batch, patch);
   const built = await Effect.runPromise(Registry.build(recipe.model, 0));
   const q = Recipe.quantizers(recipe);
   const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
@@ -45,12 +88,19 @@ async function stepper(
   const s = recipe.model.scale;
   const lr = tf.randomUniform([batch, patch, patch, 3], 0, 255, "float32", 1) as tf.Tensor4D;
   const hr = tf.randomUniform([batch, patch * s, patch * s, 3], 0, 255, "float32", 2);
-  return async () => {
-    const out = Train.step(cfg, state, { lr, hr: hr as tf.Tensor4D });
-    await out.report.data(); // one read-back per step, as in training
-    out.report.dispose();
-    Train.dispose(state);
-    state = out.state;
+  return {
+    run: async () => {
+      const out = Train.step(cfg, state, { lr, hr: hr as tf.Tensor4D });
+      await out.report.data(); // one read-back per step, as in training
+      out.report.dispose();
+      Train.dispose(state);
+      state = out.state;
+    },
+    dispose: () => {
+      Train.dispose(state);
+      lr.dispose();
+      hr.dispose();
+    },
   };
 }
 
@@ -67,14 +117,16 @@ async function seconds(run: () => Promise<void>, n: number): Promise<number> {
 
 const configs = [
   {
-    name: "tiny EDSR ×4 (4×32, batch 4, LR 24²)",
+    name: "tiny EDSR",
+    title: "tiny EDSR ×4 (4×32, batch 4, LR 24²)",
     model: { arch: "edsr", scale: 4, options: { numFeat: 32, numBlock: 4 } },
     batch: 4,
     patch: 24,
     n: { stock: 3, ours: 5 },
   },
   {
-    name: "EDSR-baseline ×4 (16×64, batch 8, LR 48²)",
+    name: "EDSR-baseline",
+    title: "EDSR-baseline ×4 (16×64, batch 8, LR 48²)",
     model: { arch: "edsr", scale: 4, options: { numFeat: 64, numBlock: 16 } },
     batch: 8,
     patch: 48,
@@ -82,18 +134,105 @@ const configs = [
   },
 ] as const;
 
+interface Row {
+  name: string;
+  ours_s: number | null;
+  stock_s: number | null;
+  pytorch_s: number | null;
+}
+
+const PYTHON = "/usr/bin/python3";
+const REFERENCE = new URL("./reference/step.py", import.meta.url).pathname;
+
+/** PyTorch seconds per row name, or undefined (with a note) when the reference can't run. */
+async function pytorch(timeoutS: number): Promise<Map<string, number> | undefined> {
+  try {
+    await Deno.stat(PYTHON);
+  } catch {
+    note(`note: ${PYTHON} not found, PyTorch reference skipped`);
+    return undefined;
+  }
+  const probe = await new Deno.Command(PYTHON, {
+    args: ["-c", "import torch"],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  if (!probe.success) {
+    note(`note: torch is not installed for ${PYTHON}, PyTorch reference skipped`);
+    return undefined;
+  }
+  try {
+    const out = await new Deno.Command(PYTHON, {
+      args: [REFERENCE, ...(quick ? ["--quick"] : [])],
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(timeoutS * 1000),
+    }).output();
+    if (!out.success) {
+      const err = new TextDecoder().decode(out.stderr).trim().split("\n").slice(-3).join(" | ");
+      note(`note: PyTorch reference failed (exit ${out.code}): ${err}`);
+      return undefined;
+    }
+    const parsed = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+      rows: { name: string; seconds: number }[];
+    };
+    return new Map(parsed.rows.map((r) => [r.name, r.seconds]));
+  } catch (e) {
+    note(`note: PyTorch reference skipped: ${e instanceof Error ? e.message : String(e)}`);
+    return undefined;
+  }
+}
+
+const rows: Row[] = [];
 for (const c of quick ? configs.slice(0, 1) : configs) {
-  for (const method of ["fp32", "plain"] as const) {
-    const t: Record<string, number> = {};
+  say(c.title);
+  for (const method of ["fp32", "plain", "odm"] as const) {
+    const row: Row = {
+      name: `${c.name} ${LABEL[method]}`,
+      ours_s: null,
+      stock_s: null,
+      pytorch_s: null,
+    };
     for (const which of ["stock", "ours"] as const) {
       Kernels.install(info, which);
-      const run = await stepper(c.model as Recipe.Input["model"], method, c.batch, c.patch);
-      t[which] = await seconds(run, c.n[which]);
+      const st = await stepper(c.model as Recipe.Input["model"], method, c.batch, c.patch);
+      const t = await seconds(st.run, c.n[which]);
+      st.dispose();
+      row[which === "ours" ? "ours_s" : "stock_s"] = t;
+      say(`  ${LABEL[method]} ${which}: ${t.toFixed(2)} s/step`);
     }
-    console.log(
-      `${c.name} ${method}: stock ${t.stock.toFixed(2)} s/step, ours ${t.ours.toFixed(2)} s/step ` +
-        `(${(t.stock / t.ours).toFixed(1)}×)`,
-    );
+    rows.push(row);
   }
 }
 Kernels.install(info);
+
+const torchSeconds = await pytorch(quick ? 300 : 900);
+for (const r of rows) r.pytorch_s = torchSeconds?.get(r.name) ?? null;
+
+if (json) {
+  console.log(JSON.stringify({ rows }));
+} else {
+  const f = (x: number | null, d = 2) => (x === null ? "—" : x.toFixed(d));
+  const ratio = (a: number | null, b: number | null) => (a === null || b === null ? null : a / b);
+  const w = Math.max(...rows.map((r) => r.name.length));
+  console.log(
+    `\n${"row".padEnd(w)}  ${"ours s".padStart(8)}  ${"stock s".padStart(8)}  ` +
+      `${"torch s".padStart(8)}  ${"ours/stock".padStart(10)}  ${"ours/torch".padStart(10)}`,
+  );
+  for (const r of rows) {
+    console.log(
+      `${r.name.padEnd(w)}  ${f(r.ours_s).padStart(8)}  ${f(r.stock_s).padStart(8)}  ` +
+        `${f(r.pytorch_s).padStart(8)}  ${f(ratio(r.ours_s, r.stock_s), 3).padStart(10)}  ` +
+        `${f(ratio(r.ours_s, r.pytorch_s), 3).padStart(10)}`,
+    );
+  }
+  for (const c of quick ? configs.slice(0, 1) : configs) {
+    const get = (m: Method) => rows.find((r) => r.name === `${c.name} ${LABEL[m]}`)!;
+    const ours = ratio(get("odm").ours_s, get("fp32").ours_s);
+    const torch = ratio(get("odm").pytorch_s, get("fp32").pytorch_s);
+    console.log(
+      `${c.name} ODM/FP32 step time: ours ${f(ours)}×` +
+        (torch === null ? "" : `, PyTorch ${f(torch)}×`),
+    );
+  }
+}

@@ -53,9 +53,19 @@ Deno.test("a run killed midway and resumed ends with the same checkpoint as an u
 
   // Interrupted run: SIGKILL once at least 5 steps are logged.
   const child = train(b).spawn();
-  while ((await stepsLogged(`${b}/metrics.jsonl`)) < 5) await new Promise((r) => setTimeout(r, 50));
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  while ((await stepsLogged(`${b}/metrics.jsonl`)) < 5) {
+    if (exited) {
+      throw new Error(`the run ended before it could be killed: ${JSON.stringify(await status)}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
   child.kill("SIGKILL");
-  await child.status;
+  assertEquals((await status).signal, "SIGKILL");
   const killedAt = await Effect.runPromise(Checkpoint.read(`${b}/checkpoint.bin`));
   assert(killedAt.step >= 4 && killedAt.step < 12, `killed at step ${killedAt.step}`);
   const resumedLog = await finish(train(b, ["--resume"]));
