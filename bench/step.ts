@@ -185,7 +185,7 @@ async function pytorch(timeoutS: number): Promise<Map<string, number> | undefine
 
 const rows: Row[] = [];
 for (const c of quick ? configs.slice(0, 1) : configs) {
-  say(c.title);
+  note(c.title); // progress: stderr under --json
   for (const method of ["fp32", "plain", "odm"] as const) {
     const row: Row = {
       name: `${c.name} ${LABEL[method]}`,
@@ -199,7 +199,7 @@ for (const c of quick ? configs.slice(0, 1) : configs) {
       const t = await seconds(st.run, c.n[which]);
       st.dispose();
       row[which === "ours" ? "ours_s" : "stock_s"] = t;
-      say(`  ${LABEL[method]} ${which}: ${t.toFixed(2)} s/step`);
+      note(`  ${LABEL[method]} ${which}: ${t.toFixed(2)} s/step`);
     }
     rows.push(row);
   }
