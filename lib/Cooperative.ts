@@ -115,13 +115,19 @@ export interface Stats {
 /**
  * Combines the two streams: parameters for which `reconstructionOnly(path)` holds (the
  * quantizer parameters) get `λ_R g_R`; all others get `merge.merge`. Returns the gradient for
- * every parameter of `gR` and the statistics of the merged set.
+ * every parameter of `gR` and, when `withStats` (default true), the statistics of the merged
+ * set (zeros otherwise: they cost a few reductions per tensor, so steps that are not logged
+ * skip them).
  */
 export function combine(
   merge: Merge,
   opts: { readonly reconstructionOnly: (path: string) => boolean },
-): (gR: Tree.Flat, gM: Tree.Flat | undefined) => { grads: Map<string, tf.Tensor>; stats: Stats } {
-  return (gR, gM) => {
+): (
+  gR: Tree.Flat,
+  gM: Tree.Flat | undefined,
+  withStats?: boolean,
+) => { grads: Map<string, tf.Tensor>; stats: Stats } {
+  return (gR, gM, withStats = true) => {
     const own = new Map([...gR].filter(([p]) => !opts.reconstructionOnly(p)));
     const grads = new Map<string, tf.Tensor>();
     for (const [p, r] of gR) {
@@ -141,7 +147,10 @@ export function combine(
       return [p, m] as const;
     }));
     for (const [p, g] of merge.merge(own, aux)) grads.set(p, g);
-    return { grads, stats: statistics(own, aux) };
+    const stats = withStats
+      ? statistics(own, aux)
+      : { cosine: tf.scalar(0), conflict: tf.scalar(0) };
+    return { grads, stats };
   };
 }
 

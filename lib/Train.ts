@@ -110,13 +110,14 @@ export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Ten
 
 /**
  * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
- * four reported scalars `[l1, mismatch, cosine, conflict]` as one tensor. Does not dispose the
- * old state.
+ * four reported scalars `[l1, mismatch, cosine, conflict]` as one tensor (cosine and conflict
+ * are 0 unless `opts.stats`, default true). Does not dispose the old state.
  */
 export function step(
   cfg: StepConfig,
   state: State,
   batch: { readonly lr: tf.Tensor4D; readonly hr: tf.Tensor4D },
+  opts: { readonly stats?: boolean } = {},
 ): { state: State; report: tf.Tensor1D } {
   const paths = [...state.params.keys()];
   const leaves = [...state.params.values()];
@@ -158,7 +159,7 @@ export function step(
       gM = new Map(paths.map((p, i) => [p, m.grads[i]] as const));
       mismatchValue = m.value;
     }
-    const { grads, stats } = combine(gR, gM);
+    const { grads, stats } = combine(gR, gM, opts.stats ?? true);
     const [updates, opt] = cfg.optimizer.update(grads, state.opt, state.params, state.step);
     const params = Optim.apply(state.params, updates);
     const report = tf.stack([r.value, mismatchValue, stats.cosine, stats.conflict]) as tf.Tensor1D;
@@ -181,17 +182,21 @@ export function dispose(s: State): void {
   for (const t of s.opt.values()) t.dispose();
 }
 
-/** Runs `step` and reads the report back, failing on a non-finite loss. */
+/**
+ * Runs `step` and reads the report back, failing on a non-finite loss. `stats` asks for the
+ * gradient statistics (the run computes them on logged steps only).
+ */
 export const runStep = (
   cfg: StepConfig,
   state: State,
   b: Data.Batch,
+  stats = true,
 ): Effect.Effect<{ state: State; report: StepReport }, NonFiniteLoss> =>
   Effect.gen(function* () {
     const t = Data.tensors(b);
     const out = (() => {
       try {
-        return step(cfg, state, t);
+        return step(cfg, state, t, { stats });
       } finally {
         t.lr.dispose();
         t.hr.dispose();
@@ -382,13 +387,14 @@ export const run = (
         () => state,
         (s, b) =>
           Effect.gen(function* () {
-            const { state: next, report } = yield* runStep(cfg, s, b).pipe(
+            const logged = (s.step + 1) % t.logEvery === 0 || s.step + 1 === t.steps;
+            const { state: next, report } = yield* runStep(cfg, s, b, logged).pipe(
               Effect.tapError(() => Effect.sync(() => dispose(s))),
             );
             dispose(s);
             const done = next.step;
             const seconds = (performance.now() - started) / 1000;
-            if (done % t.logEvery === 0 || done === t.steps) {
+            if (logged) {
               const rate = (done - firstStep) / seconds;
               yield* appendLine(
                 metricsFile,
