@@ -5,7 +5,7 @@
  *   1. forward the quantized model on the LR batch; the wrapped layers record (X_i, q(X_i));
  *   2. `g_R = ∇ L1(SR, HR)` — the reconstruction stream (tape 1);
  *   3. `g_M = ∇ Σ_i ‖X_i − q(X_i)‖_F` — the mismatch stream (tape 2; tfjs needs a second
- *      forward pass for a second gradient);
+ *      forward pass for a second gradient, which stops after the last quantized layer);
  *   4. merge the streams (Eq. 6, {@link Cooperative.combine}); quantizer parameters get g_R only;
  *   5. Adam with parameter groups (weights 1e-4, quantizer parameters 1e-3, halved on schedule).
  * Weight clipping correction (Eq. 9) needs nothing here: the weight quantizer recomputes the
@@ -124,16 +124,16 @@ export function step(
   const quantized = Quant.layers(cfg.model).length > 0;
   const combine = Cooperative.combine(cfg.merge, { reconstructionOnly: Quant.isQuantizerParam });
   const out = tf.tidy(() => {
-    const ctx = (taps: Nn.Tap[]) =>
-      Nn.context("train", { step: state.step, tap: (t) => taps.push(t) });
-    const forward = (ls: tf.Tensor[]) => {
+    const forward = (ls: tf.Tensor[], stopAfter?: string) => {
       const taps: Nn.Tap[] = [];
-      const sr = cfg.model.apply(
-        Tree.unflatten(paths.map((p, i) => [p, ls[i]] as const)),
-        batch.lr,
-        ctx(taps),
-      );
-      return { sr, taps };
+      const ctx = Nn.context("train", { step: state.step, tap: (t) => taps.push(t), stopAfter });
+      const p = Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const));
+      try {
+        return { sr: cfg.model.apply(p, batch.lr, ctx), taps };
+      } catch (e) {
+        if (e instanceof Nn.ForwardStopped) return { sr: undefined, taps };
+        throw e;
+      }
     };
     // NOTE: tfjs refuses a gradient for an input the loss does not reach (parameters after the
     // last quantized layer, for L_M); a zero-weighted sum of every leaf connects them all and
@@ -142,11 +142,16 @@ export function step(
     // The value of L_M is reported even when its gradient is not used; tape 1 computes it and
     // keeps it past the tape's own scope (disposed below once it is in the report).
     let kept: tf.Scalar | undefined;
+    // Where tape 2 may stop: L_M only reads the taps, so the forward pass can end at the last
+    // quantized layer tape 1 saw (when each reported once), skipping e.g. the upsampler.
+    let lastTap: string | undefined;
     // Tape 1: reconstruction.
     const r = tf.valueAndGrads((...ls: tf.Tensor[]) => {
       const { sr, taps } = forward(ls);
       if (quantized) kept = tf.keep(Loss.mismatch(taps, { detach: true }));
-      return tf.add(Loss.l1(sr, batch.hr), connect(ls)) as tf.Scalar;
+      const once = new Set(taps.map((t) => t.path)).size === taps.length;
+      lastTap = once ? taps[taps.length - 1]?.path : undefined;
+      return tf.add(Loss.l1(sr!, batch.hr), connect(ls)) as tf.Scalar;
     })(leaves);
     const gR = new Map(paths.map((p, i) => [p, r.grads[i]] as const));
     // Tape 2: mismatch regulariser (only when the merge rule reads it).
@@ -154,7 +159,10 @@ export function step(
     let mismatchValue: tf.Scalar = kept ?? tf.scalar(0);
     if (quantized && cfg.merge.usesAuxiliary) {
       const m = tf.valueAndGrads((...ls: tf.Tensor[]) =>
-        tf.add(Loss.mismatch(forward(ls).taps, { detach: cfg.detach }), connect(ls)) as tf.Scalar
+        tf.add(
+          Loss.mismatch(forward(ls, lastTap).taps, { detach: cfg.detach }),
+          connect(ls),
+        ) as tf.Scalar
       )(leaves);
       gM = new Map(paths.map((p, i) => [p, m.grads[i]] as const));
       mismatchValue = m.value;

@@ -16,6 +16,9 @@ import {
 import * as Backend from "../lib/Backend.ts";
 import * as Checkpoint from "../lib/Checkpoint.ts";
 import * as Data from "../lib/Data.ts";
+import * as Loss from "../lib/Loss.ts";
+import * as Nn from "../lib/Nn.ts";
+import { addN } from "../lib/internal/ops.ts";
 import * as Quant from "../lib/Quant.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Train from "../lib/Train.ts";
@@ -137,4 +140,34 @@ Deno.test("an invalid recipe fails before any work and names the field", async (
   assertEquals(r.code, 1);
   assertStringIncludes(new TextDecoder().decode(r.stderr), "recipe.train.patch");
   assertEquals(await Deno.stat(out).then(() => true, () => false), false);
+});
+
+Deno.test("the mismatch pass stopped after the last quantized layer gives the full pass's g_M", async () => {
+  const recipe = tinyRecipe();
+  const { built, quantized } = await prepare(recipe);
+  const flat = Tree.flatten(Tree.merge(quantized.init(0), built.params));
+  const paths = [...flat.keys()];
+  const lr = tf.randomUniform([2, 6, 6, 3], 0, 255, "float32", 3) as tf.Tensor4D;
+  const last = Quant.layers(quantized).at(-1)!.path;
+  let stops = 0;
+  const gradsOf = (stopAfter?: string) =>
+    tf.grads((...ls: tf.Tensor[]) => {
+      const taps: Nn.Tap[] = [];
+      const p = Tree.unflatten(paths.map((k, i) => [k, ls[i]] as const));
+      try {
+        quantized.apply(p, lr, Nn.context("train", { tap: (t) => taps.push(t), stopAfter }));
+      } catch (e) {
+        if (!(e instanceof Nn.ForwardStopped)) throw e;
+        stops++;
+      }
+      return tf.add(Loss.mismatch(taps), tf.mul(0, addN(ls.map((l) => tf.sum(l))))) as tf.Scalar;
+    })([...flat.values()]);
+  const full = gradsOf();
+  assertEquals(stops, 0);
+  const stopped = gradsOf(last);
+  assertEquals(stops, 1, "the second pass really stopped early");
+  for (let i = 0; i < paths.length; i++) {
+    assertEquals(await stopped[i].data(), await full[i].data(), paths[i]);
+  }
+  tf.dispose([...full, ...stopped, lr, ...flat.values()]);
 });
