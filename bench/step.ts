@@ -20,7 +20,6 @@ import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
 import * as Backend from "../lib/Backend.ts";
 import * as Kernels from "../lib/Kernels.ts";
-import * as Quant from "../lib/Quant.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Train from "../lib/Train.ts";
 import * as Tree from "../lib/Tree.ts";
@@ -80,8 +79,7 @@ async function stepper(
 ): Promise<Stepper> {
   const recipe = recipeOf(model, method, batch, patch);
   const built = await Effect.runPromise(Registry.build(recipe.model, 0));
-  const q = Recipe.quantizers(recipe);
-  const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+  const quantized = Registry.quantize(recipe, built);
   const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
   const cfg = Train.configOf(recipe, quantized);
   let state = Train.initialState(cfg, params);

@@ -10,7 +10,6 @@
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
 import * as Backend from "../lib/Backend.ts";
-import * as Quant from "../lib/Quant.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Train from "../lib/Train.ts";
 import * as Tree from "../lib/Tree.ts";
@@ -34,8 +33,7 @@ const recipeOf = (model: Recipe.Input["model"], method: Method, batch: number, p
 async function stepper(model: Recipe.Input["model"], method: Method, batch: number, patch: number) {
   const recipe = recipeOf(model, method, batch, patch);
   const built = await Effect.runPromise(Registry.build(recipe.model, 0));
-  const q = Recipe.quantizers(recipe);
-  const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+  const quantized = Registry.quantize(recipe, built);
   const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
   const cfg = Train.configOf(recipe, quantized);
   let state = Train.initialState(cfg, params);

@@ -254,6 +254,19 @@ function sequentialOf(layers: ReadonlyArray<AnyLayer>): AnyLayer {
   return fromChildren(children);
 }
 
+/**
+ * The parameters of named children, each initialised from `Rng.fold(key, name)` and kept
+ * under its name (children without parameters leave no entry).
+ */
+export function initChildren(children: ReadonlyArray<Child>, key: number): Params {
+  const out: Record<string, Params> = {};
+  for (const [name, l] of children) {
+    const p = l.init(Rng.fold(key, name));
+    if (Object.keys(p).length > 0) out[name] = p;
+  }
+  return out;
+}
+
 function fromChildren(children: ReadonlyArray<Child>): AnyLayer {
   return {
     kind: "sequential",
@@ -261,14 +274,7 @@ function fromChildren(children: ReadonlyArray<Child>): AnyLayer {
     outChannels: children[children.length - 1][1].outChannels,
     children,
     meta: {},
-    init: (key) => {
-      const out: Record<string, Params> = {};
-      for (const [name, l] of children) {
-        const p = l.init(Rng.fold(key, name));
-        if (Object.keys(p).length > 0) out[name] = p;
-      }
-      return out;
-    },
+    init: (key) => initChildren(children, key),
     apply: (p, x, ctx) => {
       let y = x;
       for (const [name, l] of children) {
@@ -434,7 +440,7 @@ function denseOf(inChannels: number, growth: number, children: ReadonlyArray<Chi
     outChannels: inChannels + children.length * growth,
     children,
     meta: { growth },
-    init: (key) => fromChildren(children).init(key),
+    init: (key) => initChildren(children, key),
     apply: (p, x, ctx) => {
       let features = x;
       for (const [name, l] of children) {
@@ -489,7 +495,7 @@ function concatOutputsOf(children: ReadonlyArray<Child>): AnyLayer {
     outChannels: first.inChannels * children.length,
     children,
     meta: {},
-    init: (key) => fromChildren(children).init(key),
+    init: (key) => initChildren(children, key),
     apply: (p, x, ctx) => {
       const outs: tf.Tensor[] = [];
       let y = x;
@@ -599,11 +605,7 @@ export function composite<const I extends number, const O extends number>(
     children: o.children,
     meta: o.meta ?? {},
     init: (key) => {
-      const out: Record<string, Tree.Tree> = {};
-      for (const [name, l] of o.children) {
-        const p = l.init(Rng.fold(key, name));
-        if (Object.keys(p).length > 0) out[name] = p;
-      }
+      const out = initChildren(o.children, key);
       return o.params ? { ...out, ...o.params(key) } : out;
     },
     apply: (p, x, ctx) =>

@@ -29,7 +29,6 @@ import type * as tf from "@tensorflow/tfjs";
 import * as Nn from "../lib/Nn.ts";
 import type * as Quant from "../lib/Quant.ts";
 import type * as Quantizer from "../lib/Quantizer.ts";
-import * as Rng from "../lib/Rng.ts";
 import type { Params } from "../lib/Tree.ts";
 
 /** RDN options: G0, D, C, G of the paper under BasicSR-style names. */
@@ -121,14 +120,7 @@ function network(parts: Parts, meta: Nn.Meta): Nn.Layer<3, 3> {
     outChannels: 3,
     children,
     meta,
-    init: (key) => {
-      const out: Record<string, Params> = {};
-      for (const [name, l] of children) {
-        const p = l.init(Rng.fold(key, name));
-        if (Object.keys(p).length > 0) out[name] = p;
-      }
-      return out;
-    },
+    init: (key) => Nn.initChildren(children, key),
     apply: (p, x, ctx) => {
       const shallow = run(p, "sfe1", x, ctx);
       const local = run(p, "rdbs", run(p, "sfe2", shallow, ctx), ctx);

@@ -8,9 +8,9 @@ import { Data, Effect } from "effect";
 import * as Checkpoint from "../lib/Checkpoint.ts";
 import type * as Nn from "../lib/Nn.ts";
 import * as Pretrained from "../lib/Pretrained.ts";
-import type * as Quant from "../lib/Quant.ts";
+import * as Quant from "../lib/Quant.ts";
 import type * as Quantizer from "../lib/Quantizer.ts";
-import type * as Recipe from "../lib/Recipe.ts";
+import * as Recipe from "../lib/Recipe.ts";
 import * as Tree from "../lib/Tree.ts";
 import type { Params } from "../lib/Tree.ts";
 import * as Edsr from "./edsr.ts";
@@ -118,3 +118,15 @@ export const build = (
     }
     return { model, params: model.init(seed), placement, source: `random init (seed ${seed})` };
   });
+
+/**
+ * The recipe's quantized network: its quantizers placed by the architecture's placement, or
+ * the network unchanged for a full-precision (32/32) recipe.
+ */
+export function quantize(
+  recipe: Recipe.Recipe,
+  arch: Pick<Built, "model" | "placement">,
+): Nn.Layer<3, 3> {
+  const q = Recipe.quantizers(recipe);
+  return q ? Quant.quantize(arch.model, arch.placement(q)) : arch.model;
+}

@@ -21,7 +21,6 @@ import * as Backend from "../Backend.ts";
 import * as Baselines from "../Baselines.ts";
 import * as Cost from "../Cost.ts";
 import * as Data from "../Data.ts";
-import * as Quant from "../Quant.ts";
 import * as Recipe from "../Recipe.ts";
 import * as Train from "../Train.ts";
 import * as Tree from "../Tree.ts";
@@ -151,8 +150,7 @@ export const program = (argv: ReadonlyArray<string>) =>
     for (const [key, recipe] of recipes) {
       const out = `${opts.out}/${key}`;
       const built = yield* Registry.build(recipe.model, recipe.train.seed);
-      const q = Recipe.quantizers(recipe);
-      const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+      const quantized = Registry.quantize(recipe, built);
       let summary: Train.Summary;
       if (yield* Effect.promise(() => exists(`${out}/summary.json`))) {
         say(`${key}: done before, reading ${out}/summary.json`);

@@ -85,8 +85,7 @@ export const program = (argv: ReadonlyArray<string>) =>
       quant: { wbits, abits, ...METHODS[opts.method] },
       train: { steps: 0 },
     });
-    const q = Recipe.quantizers(recipe);
-    const quantized = q ? Quant.quantize(model, placement(q)) : model;
+    const quantized = Registry.quantize(recipe, { model, placement });
     const costOpts: Cost.Options = {
       outputHeight: height,
       outputWidth: width,
@@ -125,7 +124,9 @@ export const program = (argv: ReadonlyArray<string>) =>
       `| ${opts.model} ×${scale}, ${width}×${height} output | params | storage (K) | BitOPs (T) |`,
       "|---|---|---|---|",
       row("FP32", fp),
-      ...(q ? [row(`W${wbits}A${abits} (${opts.method}, ${layers} quantized layers)`, c)] : []),
+      ...(quantized !== model
+        ? [row(`W${wbits}A${abits} (${opts.method}, ${layers} quantized layers)`, c)]
+        : []),
       "",
       `| part | storage (K) | BitOPs (T) |`,
       "|---|---|---|",

@@ -29,7 +29,6 @@ import * as Evaluate from "../Evaluate.ts";
 import * as Image from "../Image.ts";
 import type * as Nn from "../Nn.ts";
 import * as Pretrained from "../Pretrained.ts";
-import * as Quant from "../Quant.ts";
 import * as Recipe from "../Recipe.ts";
 import * as Tree from "../Tree.ts";
 import type { Params } from "../Tree.ts";
@@ -114,8 +113,7 @@ const fromCheckpoint = (file: string, c: Checkpoint.Contents, recipe: Recipe.Rec
   Effect.gen(function* () {
     // Only the architecture: the parameters come from the checkpoint.
     const built = Registry.architecture(recipe.model);
-    const q = Recipe.quantizers(recipe);
-    const model = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+    const model = Registry.quantize(recipe, built);
     const init = Tree.flatten(model.init(recipe.train.seed));
     const mismatch = Checkpoint.check(file, c.params, init);
     for (const t of init.values()) t.dispose();

@@ -95,8 +95,7 @@ export const program = (argv: ReadonlyArray<string>) =>
       ? { ...evalAll, pairs: evalAll.pairs.slice(0, recipe.data.evalImages) }
       : evalAll;
     const built = yield* Registry.build(recipe.model, recipe.train.seed);
-    const q = Recipe.quantizers(recipe);
-    const quantized = q ? Quant.quantize(built.model, built.placement(q)) : built.model;
+    const quantized = Registry.quantize(recipe, built);
     console.log(
       `model: ${recipe.model.arch} ×${scale}, ${
         Nn.parameterCount(built.model).toLocaleString("en")
