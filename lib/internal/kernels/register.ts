@@ -75,6 +75,24 @@ function finish(backend: object, r: tf.TensorInfo | undefined): tf.TensorInfo | 
   return r;
 }
 
+/** The "same" stride-1 conv our kernels handle for these shapes and attributes, if it is one. */
+function sameConvOf(
+  xShape: readonly number[],
+  filterShape: readonly number[],
+  a: Pick<tf.Conv2DAttrs, "strides" | "dilations" | "pad" | "dimRoundingMode" | "dataFormat">,
+) {
+  return Conv.sameConv(tf.backend_util.computeConv2DInfo(
+    xShape as [number, number, number, number],
+    filterShape as [number, number, number, number],
+    a.strides,
+    a.dilations,
+    a.pad,
+    a.dimRoundingMode,
+    false,
+    tf.backend_util.convertConv2DDataFormat(a.dataFormat),
+  ));
+}
+
 let convInstalled = false;
 
 /** Installs our Conv2D, Conv2DBackpropInput and Conv2DBackpropFilter on webgpu (once). */
@@ -86,17 +104,7 @@ export function installConv(): void {
     const a = attrs as unknown as tf.Conv2DAttrs;
     if (!f32(x, filter) || x.shape.length !== 4) return undefined;
     if (!gpuOf(backend).onBuffers(x, filter)) return undefined;
-    const info = tf.backend_util.computeConv2DInfo(
-      x.shape as [number, number, number, number],
-      filter.shape as [number, number, number, number],
-      a.strides,
-      a.dilations,
-      a.pad,
-      a.dimRoundingMode,
-      false,
-      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
-    );
-    const s = Conv.sameConv(info);
+    const s = sameConvOf(x.shape, filter.shape, a);
     if (!s) return undefined;
     return finish(backend, Conv.forward(gpuOf(backend), state.tuning!, s, x, filter, false));
   });
@@ -105,17 +113,7 @@ export function installConv(): void {
     const a = attrs as unknown as tf.Conv2DBackpropInputAttrs;
     if (!f32(dy, filter) || dy.shape.length !== 4) return undefined;
     if (!gpuOf(backend).onBuffers(dy, filter)) return undefined;
-    const info = tf.backend_util.computeConv2DInfo(
-      a.inputShape,
-      filter.shape as [number, number, number, number],
-      a.strides,
-      1,
-      a.pad,
-      a.dimRoundingMode,
-      false,
-      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
-    );
-    const s = Conv.sameConv(info);
+    const s = sameConvOf(a.inputShape, filter.shape, { ...a, dilations: 1 });
     if (!s || dy.shape.some((d, i) => d !== [s.n, s.h, s.w, s.o][i])) return undefined;
     // The input gradient is a forward conv of dy with the flipped, transposed filter.
     const t: Conv.ConvShape = { ...s, i: s.o, o: s.i };
@@ -126,17 +124,7 @@ export function installConv(): void {
     const a = attrs as unknown as tf.Conv2DBackpropFilterAttrs;
     if (!f32(x, dy) || x.shape.length !== 4) return undefined;
     if (!gpuOf(backend).onBuffers(x, dy)) return undefined;
-    const info = tf.backend_util.computeConv2DInfo(
-      x.shape as [number, number, number, number],
-      a.filterShape,
-      a.strides,
-      1,
-      a.pad,
-      a.dimRoundingMode,
-      false,
-      tf.backend_util.convertConv2DDataFormat(a.dataFormat),
-    );
-    const s = Conv.sameConv(info);
+    const s = sameConvOf(x.shape, a.filterShape, { ...a, dilations: 1 });
     if (!s || dy.shape.some((d, i) => d !== [s.n, s.h, s.w, s.o][i])) return undefined;
     return finish(backend, Conv.filterGradient(gpuOf(backend), state.tuning!, s, x, dy));
   });
