@@ -7,7 +7,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
-import type * as Data from "./Data.ts";
+import * as Data from "./Data.ts";
 import * as Image from "./Image.ts";
 import * as Iqa from "./Iqa.ts";
 import * as Nn from "./Nn.ts";
@@ -46,11 +46,7 @@ export const superResolve = (
 ): Effect.Effect<Image.Image> =>
   Effect.promise(async () => {
     const out = tf.tidy(() => {
-      const y = model.apply(
-        params,
-        tf.tensor4d(Float32Array.from(lr.data), [1, lr.height, lr.width, 3]),
-        Nn.context("eval"),
-      );
+      const y = model.apply(params, Data.imageTensor(lr), Nn.context("eval"));
       return tf.squeeze(y, [0]) as tf.Tensor3D;
     });
     try {
