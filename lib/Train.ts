@@ -333,6 +333,7 @@ export const run = (
       Tree.dispose(Tree.unflatten(init));
       if (mismatch) return yield* Effect.fail(mismatch);
       state = { step: resumed.step, params: resumed.params, opt: resumed.opt };
+      Tree.dispose(prepared.params); // the checkpoint's parameters replace the starting ones
       fp32 = resumed.meta.fp32 as Summary["fp32"];
       ptq = resumed.meta.ptq as Summary["ptq"];
       elapsedBefore = (resumed.meta.seconds as number | undefined) ?? 0;
