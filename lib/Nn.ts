@@ -35,26 +35,13 @@ export interface Ctx {
   readonly path: string;
   /** Receives the input activations of quantized layers. */
   readonly tap?: (t: Tap) => void;
-  /**
-   * Stop the forward pass (throw {@link ForwardStopped}) right after the layer at this path has
-   * reported its tap: a pass that only needs the taps (the mismatch loss) skips the rest.
-   */
-  readonly stopAfter?: string;
-}
-
-/** Thrown by the layer named in `ctx.stopAfter` once it has reported its tap. */
-export class ForwardStopped extends Error {
-  constructor(readonly path: string) {
-    super(`forward pass stopped after "${path}"`);
-  }
 }
 
 /** A context for a forward pass at the root of a model. */
 export const context = (
   mode: Ctx["mode"] = "eval",
-  opts: { readonly step?: number; readonly tap?: (t: Tap) => void; readonly stopAfter?: string } =
-    {},
-): Ctx => ({ mode, step: opts.step ?? 0, path: "", tap: opts.tap, stopAfter: opts.stopAfter });
+  opts: { readonly step?: number; readonly tap?: (t: Tap) => void } = {},
+): Ctx => ({ mode, step: opts.step ?? 0, path: "", tap: opts.tap });
 
 /** The context for a child named `name`. */
 export const childContext = (ctx: Ctx, name: string): Ctx => ({

@@ -78,7 +78,6 @@ export function wrap(spec: Spec) {
         // does not survive flattening: absent means empty.
         const qx = input ? input.apply((p.aq ?? {}) as Params, x) : x;
         ctx.tap?.({ path: ctx.path, x, q: qx });
-        if (ctx.stopAfter === ctx.path) throw new Nn.ForwardStopped(ctx.path);
         const w = weight ? weight.apply((p.wq ?? {}) as Params, Tree.leaf(p, "weight")) : undefined;
         return inner.apply(w ? { ...p, weight: w } : p, qx, ctx);
       },

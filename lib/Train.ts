@@ -4,8 +4,8 @@
  * One step (pure tensor maths, one `tf.tidy`), top to bottom:
  *   1. forward the quantized model on the LR batch; the wrapped layers record (X_i, q(X_i));
  *   2. `g_R = ∇ L1(SR, HR)` — the reconstruction stream (tape 1);
- *   3. `g_M = ∇ Σ_i ‖X_i − q(X_i)‖_F` — the mismatch stream (tape 2; tfjs needs a second
- *      forward pass for a second gradient, which stops after the last quantized layer);
+ *   3. `g_M = ∇ Σ_i ‖X_i − q(X_i)‖_F` — the mismatch stream, a second backward walk over the
+ *      same recorded forward pass (lib/internal/tape.ts), through the quantized part only;
  *   4. merge the streams (Eq. 6, {@link Cooperative.combine}); quantizer parameters get g_R only;
  *   5. Adam with parameter groups (weights 1e-4, quantizer parameters 1e-3, halved on schedule).
  * Weight clipping correction (Eq. 9) needs nothing here: the weight quantizer recomputes the
@@ -18,7 +18,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { addN } from "./internal/ops.ts";
+import * as Tape from "./internal/tape.ts";
 import { Data as EffectData, Effect, Stream } from "effect";
 import * as Backend from "./Backend.ts";
 import * as Calibration from "./Calibration.ts";
@@ -124,54 +124,31 @@ export function step(
   const quantized = Quant.layers(cfg.model).length > 0;
   const combine = Cooperative.combine(cfg.merge, { reconstructionOnly: Quant.isQuantizerParam });
   const out = tf.tidy(() => {
-    const forward = (ls: tf.Tensor[], stopAfter?: string) => {
-      const taps: Nn.Tap[] = [];
-      const ctx = Nn.context("train", { step: state.step, tap: (t) => taps.push(t), stopAfter });
-      const p = Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const));
-      try {
-        return { sr: cfg.model.apply(p, batch.lr, ctx), taps };
-      } catch (e) {
-        if (e instanceof Nn.ForwardStopped) return { sr: undefined, taps };
-        throw e;
-      }
-    };
-    // NOTE: tfjs refuses a gradient for an input the loss does not reach (parameters after the
-    // last quantized layer, for L_M); a zero-weighted sum of every leaf connects them all and
-    // gives them an exact zero gradient.
-    const connect = (ls: tf.Tensor[]) => tf.mul(0, addN(ls.map((l) => tf.sum(l))));
-    // The value of L_M is reported even when its gradient is not used; tape 1 computes it and
-    // keeps it past the tape's own scope (disposed below once it is in the report).
-    let kept: tf.Scalar | undefined;
-    // Where tape 2 may stop: L_M only reads the taps, so the forward pass can end at the last
-    // quantized layer tape 1 saw (when each reported once), skipping e.g. the upsampler.
-    let lastTap: string | undefined;
-    // Tape 1: reconstruction.
-    const r = tf.valueAndGrads((...ls: tf.Tensor[]) => {
-      const { sr, taps } = forward(ls);
-      if (quantized) kept = tf.keep(Loss.mismatch(taps, { detach: true }));
-      const once = new Set(taps.map((t) => t.path)).size === taps.length;
-      lastTap = once ? taps[taps.length - 1]?.path : undefined;
-      return tf.add(Loss.l1(sr!, batch.hr), connect(ls)) as tf.Scalar;
-    })(leaves);
-    const gR = new Map(paths.map((p, i) => [p, r.grads[i]] as const));
-    // Tape 2: mismatch regulariser (only when the merge rule reads it).
-    let gM: Map<string, tf.Tensor> | undefined;
-    let mismatchValue: tf.Scalar = kept ?? tf.scalar(0);
-    if (quantized && cfg.merge.usesAuxiliary) {
-      const m = tf.valueAndGrads((...ls: tf.Tensor[]) =>
-        tf.add(
-          Loss.mismatch(forward(ls, lastTap).taps, { detach: cfg.detach }),
-          connect(ls),
-        ) as tf.Scalar
-      )(leaves);
-      gM = new Map(paths.map((p, i) => [p, m.grads[i]] as const));
-      mismatchValue = m.value;
-    }
+    const aux = quantized && cfg.merge.usesAuxiliary;
+    // Steps 1–3: one forward pass, two backward walks over its tape (lib/internal/tape.ts):
+    // g_R from output 0, g_M from output 1 when the merge rule reads it. The mismatch walk
+    // only visits the layers up to the last quantized one: L_M reads nothing after it.
+    const { values: [l1, lm], grads: [gr, gm] } = Tape.valuesAndGrads(
+      (...ls: tf.Tensor[]) => {
+        const taps: Nn.Tap[] = [];
+        const ctx = Nn.context("train", { step: state.step, tap: (t) => taps.push(t) });
+        const sr = cfg.model.apply(
+          Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const)),
+          batch.lr,
+          ctx,
+        );
+        const mismatch = quantized ? Loss.mismatch(taps, { detach: cfg.detach }) : tf.scalar(0);
+        return [Loss.l1(sr, batch.hr), mismatch];
+      },
+      leaves,
+      aux ? [0, 1] : [0],
+    );
+    const gR = new Map(paths.map((p, i) => [p, gr![i]] as const));
+    const gM = gm && new Map(paths.map((p, i) => [p, gm[i]] as const));
     const { grads, stats } = combine(gR, gM, opts.stats ?? true);
     const [updates, opt] = cfg.optimizer.update(grads, state.opt, state.params, state.step);
     const params = Optim.apply(state.params, updates);
-    const report = tf.stack([r.value, mismatchValue, stats.cosine, stats.conflict]) as tf.Tensor1D;
-    kept?.dispose();
+    const report = tf.stack([l1, lm, stats.cosine, stats.conflict]) as tf.Tensor1D;
     return { params: [...params.values()], opt: [...opt], report };
   });
   return {
