@@ -9,16 +9,25 @@
  * - **PAMS**: symmetric quantizers with zero as a level ({@link zeroLevel}: `2^(b−1) − 1`
  *   positive levels). Weights use `u = max|W|` (no learning, {@link pamsWeight}); activations
  *   `[−α, α]` with one learnable α per quantizer ({@link pamsActivation}, {@link pamsAlpha}).
- *   NOTE: PAMS initialises α by an EMA (0.9997) of per-batch max|x| over the first epoch; here
- *   α starts at the mean over the calibration batches of per-batch max|x| (our calibration
- *   averages every quantizer's `init` over batches, SPEC §2). PAMS's SKT distillation loss and
- *   its lr 1e-2 for α are not reproduced (α uses the recipe's `lrQuant`).
+ *   α starts at an EMA (decay 0.9997, from the first batch) of per-batch max|x| over the
+ *   calibration batches (NOTE: PAMS runs that EMA over its first training epoch, with
+ *   activations not yet quantized; with this decay the value stays close to the first
+ *   batch's either way). The method trains α at lr 1e-2 ({@link PAMS_ALPHA_LR}) and adds
+ *   PAMS's SKT loss, `1e3 · MSE(at(student), at(teacher))` on the body output
+ *   (`Loss.attentionTransfer`, recipe field `distill`).
  * - **DAQ**: activations normalised per image and per channel by their run-time mean and std,
  *   quantized to `2^b` levels with a fixed step table, de-normalised ({@link daq}). No
  *   learnable parameters; its run-time statistics are charged by `Cost.of` through
  *   {@link RuntimeCost}. The step table is Max's (1960) optimal uniform quantizer for a
  *   unit Gaussian ({@link DAQ_STEPS}), which is the table DAQ builds on.
- * - **DDTB**: not implemented.
+ * - **DDTB**: asymmetric learnable bounds `[l, u]` initialised from the 1st/99th percentiles
+ *   ({@link ddtb}); on the layers whose input range varies most between images
+ *   ({@link selectDynamic}, 30% of the quantized layers by default) a small gate (spatial mean
+ *   → FC → ReLU → FC → `2·sigmoid`) computes per image two factors that scale `u` and `l`, so
+ *   each image is quantized with its own range at test time too. The gate's parameters are
+ *   stored and its arithmetic runs per image: `Cost.of` charges both (at 32 bits: our gate is
+ *   not quantized, DDTB's is at 2 bits — our count is an upper bound of its overhead).
+ *   Weights as PAMS.
  *
  * {@link methods} and {@link ablations} are the recipe variations (`quant` and `regularizer`
  * fields) that `deno task compare` runs from one base recipe.
@@ -26,9 +35,15 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { Effect, Stream } from "effect";
+import * as Data from "./Data.ts";
+import * as Nn from "./Nn.ts";
+import * as Quant from "./Quant.ts";
 import * as Quantizer from "./Quantizer.ts";
 import * as Range from "./Range.ts";
 import type * as Recipe from "./Recipe.ts";
+import * as Rng from "./Rng.ts";
+import * as Ste from "./Ste.ts";
 import type { Params } from "./Tree.ts";
 
 /** LSQ-style learnable weight range (Eq. 8): `u_w` a parameter initialised to percentile_j(|W|). */
@@ -127,9 +142,17 @@ export const pamsAlpha: Range.Range<AlphaParams> = {
 export const pamsWeight = (bits: number): Quantizer.Quantizer<Record<never, never>> =>
   zeroLevel({ bits, range: Range.max });
 
-/** PAMS activations: symmetric `[−α, α]`, zero level, α learnable. */
-export const pamsActivation = (bits: number): Quantizer.Quantizer<AlphaParams> =>
-  zeroLevel({ bits, range: pamsAlpha });
+/** PAMS's EMA decay for α's initial value (SPEC §11). */
+export const PAMS_EMA_DECAY = 0.9997;
+
+/**
+ * PAMS activations: symmetric `[−α, α]`, zero level, α learnable, initialised by an EMA
+ * (decay 0.9997) of the per-batch max|x| over the calibration batches.
+ */
+export const pamsActivation = (bits: number): Quantizer.Quantizer<AlphaParams> => ({
+  ...zeroLevel({ bits, range: pamsAlpha }),
+  calibrationDecay: PAMS_EMA_DECAY,
+});
 
 /**
  * The step of DAQ's quantizer for normalised (zero-mean, unit-std) activations, by bit-width:
@@ -198,13 +221,196 @@ export function daq(
   };
 }
 
-/** The `quant` and `regularizer` fields that make a method out of a base recipe. */
+/** Hidden width of DDTB's gate (its reference code uses 32 after a 1×1 conv from C channels). */
+export const DDTB_HIDDEN = 32;
+
+/** Parameters of DDTB's per-image gate: two fully connected layers. */
+export type GateParams = {
+  readonly w1: tf.Tensor2D;
+  readonly b1: tf.Tensor1D;
+  readonly w2: tf.Tensor2D;
+  readonly b2: tf.Tensor1D;
+};
+
+/** Parameters of {@link ddtb}: the two bounds, and the gate on dynamic layers. */
+export type DdtbParams = {
+  readonly lower: tf.Scalar;
+  readonly upper: tf.Scalar;
+  readonly gate?: GateParams;
+};
+
+/**
+ * The gate's two factors per image, `[N, 2]` = `(s_u, s_l)`, from the spatial mean of the
+ * layer's input (no gradient into `x` through the gate, as in DDTB). At initialisation `w2 = 0`,
+ * `b2 = 0`, so both factors are exactly 1 and the layer starts as a static quantizer.
+ */
+export function gateScales(g: GateParams, x: tf.Tensor): tf.Tensor2D {
+  const axes = Array.from({ length: x.rank - 2 }, (_, i) => i + 1);
+  const context = tf.mean(Ste.stopGradient(x), axes) as tf.Tensor2D;
+  const h = tf.relu(tf.add(tf.matMul(context, g.w1), g.b1));
+  return tf.mul(tf.sigmoid(tf.add(tf.matMul(h, g.w2), g.b2)), 2) as tf.Tensor2D;
+}
+
+/**
+ * DDTB's activation quantizer (asymmetric, Eq. 1 of the ODM paper with DDTB's bounds). Static:
+ * learnable `l, u` from the calibration percentiles. With `gate` (a dynamic layer of
+ * `channels` input channels): image `n` is quantized over `[s_l(n)·l, s_u(n)·u]`, the factors
+ * from {@link gateScales}, one fused fake-quant per image; gradients reach `l`, `u` and the gate
+ * through the bounds (SPEC §1).
+ *
+ * Run-time cost of the gate per image (`Cost.of` charges it at 32 bits): the spatial mean
+ * (`elements` adds + `channels` divides), the two FC layers with biases (`2·C·h + h` and
+ * `2·2h + 2`), the sigmoids and the doubling (4 per factor), two multiplies for the bounds.
+ */
+export function ddtb(
+  bits: number,
+  opts: { readonly percentile?: number; readonly gate?: { readonly channels: number } } = {},
+): Quantizer.Quantizer<DdtbParams> & RuntimeCost {
+  const base = Quantizer.asymmetric({
+    bits,
+    range: Range.learnable(Range.percentile(opts.percentile ?? 0.99)),
+  });
+  const channels = opts.gate?.channels;
+  if (channels !== undefined && !(Number.isInteger(channels) && channels > 0)) {
+    throw new RangeError(`ddtb: gate channels must be a positive integer, got ${channels}`);
+  }
+  const h = DDTB_HIDDEN;
+  const gateDefaults = (c: number): GateParams => {
+    // Kaiming-uniform first layer from a fixed key per width, so every run starts the same.
+    const rng = Rng.stream(Rng.fold(0xdd7b, c));
+    const bound = Math.sqrt(6 / c);
+    const w1 = Float32Array.from({ length: c * h }, () => (2 * rng.next() - 1) * bound);
+    return {
+      w1: tf.tensor2d(w1, [c, h]),
+      b1: tf.zeros([h]),
+      w2: tf.zeros([h, 2]),
+      b2: tf.zeros([2]),
+    };
+  };
+  const staticBounds = (p: DdtbParams): Range.Bounds => ({
+    lower: p.lower,
+    upper: tf.maximum(p.upper, tf.add(p.lower, Quantizer.EPSILON)) as tf.Scalar,
+  });
+  return {
+    bits,
+    symmetric: false,
+    name: `ddtb${bits}${channels ? `·gate(${channels})` : ""}`,
+    init: (sample) => base.init(sample) as DdtbParams,
+    defaults: () => ({
+      ...(base.defaults() as DdtbParams),
+      ...(channels && bits < 32 ? { gate: gateDefaults(channels) } : {}),
+    }),
+    bounds: (p) => staticBounds(p),
+    runtimeFlops: (elements, c) =>
+      channels && bits < 32 ? elements + c + (2 * c * h + h) + (4 * h + 2) + 8 + 2 : 0,
+    apply: (p, x) => {
+      if (bits === 32) return x;
+      if (!p.gate) {
+        const b = staticBounds(p);
+        return Quantizer.fakeQuant(x, b.lower, b.upper, bits);
+      }
+      const scales = tf.unstack(gateScales(p.gate, x));
+      const images = tf.split(x, x.shape[0]!, 0);
+      return tf.concat(
+        images.map((xi, n) => {
+          const lower = tf.mul(scales[n].slice([1], [1]).reshape([]), p.lower) as tf.Scalar;
+          const u = tf.mul(scales[n].slice([0], [1]).reshape([]), p.upper) as tf.Scalar;
+          const upper = tf.maximum(u, tf.add(lower, Quantizer.EPSILON)) as tf.Scalar;
+          return Quantizer.fakeQuant(xi, lower, upper, bits);
+        }),
+        0,
+      );
+    },
+  };
+}
+
+/** DDTB's weights: as PAMS (symmetric, zero level, `u = max|W|`). */
+export const ddtbWeight = pamsWeight;
+
+/** Options of {@link selectDynamic}. */
+export interface SelectOptions {
+  /** Share of the quantized layers that get a gate (DDTB: about 30%); at least one. */
+  readonly fraction: number;
+  /** Batches of training patches to measure on, drawn as calibration draws them. */
+  readonly batches: number;
+  readonly batch: Data.BatchOptions;
+}
+
+/**
+ * DDTB's choice of dynamic layers: the quantized layers whose input range varies most from
+ * image to image, measured on the full-precision model (`model` in calibrate mode runs FP and
+ * reports each quantized layer's input). For each layer and image, the max and min of its
+ * input; the score is `(std_n max + std_n min) / (mean_n max − mean_n min)` (scale-free, so wide
+ * and narrow layers compare), and the top `fraction` of layers (rounded up) are returned in
+ * forward order.
+ */
+export const selectDynamic = (
+  model: Nn.AnyLayer,
+  params: Params,
+  ds: Data.Dataset,
+  opts: SelectOptions,
+): Effect.Effect<ReadonlyArray<string>> =>
+  Effect.gen(function* () {
+    if (!(opts.fraction > 0 && opts.fraction <= 1)) {
+      throw new RangeError(`selectDynamic: fraction must be in (0, 1], got ${opts.fraction}`);
+    }
+    const paths = Quant.layers(model).map((l) => l.path);
+    const stats = new Map<string, { max: number[]; min: number[] }>(
+      paths.map((p) => [p, { max: [], min: [] }]),
+    );
+    const batchOpts = { ...opts.batch, seed: opts.batch.seed ^ 0x5eed_ca1b };
+    yield* Data.stream(ds, batchOpts, 0, opts.batches).pipe(
+      Stream.runForEach((b) =>
+        Effect.promise(async () => {
+          const taps: Array<{ path: string; range: tf.Tensor }> = [];
+          tf.tidy(() => {
+            const ctx = Nn.context("calibrate", {
+              tap: (t) => {
+                const axes = Array.from({ length: t.x.rank - 1 }, (_, i) => i + 1);
+                const range = tf.stack([tf.max(t.x, axes), tf.min(t.x, axes)]);
+                taps.push({ path: t.path, range: tf.keep(range) });
+              },
+            });
+            const { lr } = Data.tensors(b);
+            model.apply(params, lr, ctx);
+          });
+          for (const t of taps) {
+            const [mx, mn] = (await t.range.array()) as number[][];
+            t.range.dispose();
+            stats.get(t.path)?.max.push(...mx);
+            stats.get(t.path)?.min.push(...mn);
+          }
+        })
+      ),
+    );
+    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
+    const std = (v: number[]) => Math.sqrt(mean(v.map((a) => (a - mean(v)) ** 2)));
+    const score = new Map(paths.map((p) => {
+      const s = stats.get(p)!;
+      const width = mean(s.max) - mean(s.min);
+      return [p, width > 0 ? (std(s.max) + std(s.min)) / width : 0] as const;
+    }));
+    const k = Math.max(1, Math.ceil(opts.fraction * paths.length));
+    const chosen = new Set([...paths].sort((a, b) => score.get(b)! - score.get(a)!).slice(0, k));
+    return paths.filter((p) => chosen.has(p));
+  });
+
+/** The fields that make a method out of a base recipe. */
 export interface Variation {
   /** One line for tables. */
   readonly label: string;
   readonly quant: Pick<Recipe.Input["quant"], "weightRange" | "activationRange">;
   readonly regularizer: { readonly merge: "cooperative" | "naive" | "reconstruction" };
+  /** Distillation from the FP model (PAMS's SKT); off when absent. */
+  readonly distill?: { readonly weight: number };
+  /** The learning rate of the quantizer parameters, when the method fixes it (PAMS: 1e-2). */
+  readonly lrQuant?: number;
 }
+
+/** PAMS's weight on its SKT attention-transfer loss (SPEC §11). */
+export const PAMS_SKT_WEIGHT = 1e3;
+/** PAMS's learning rate for α (SPEC §11). */
+export const PAMS_ALPHA_LR = 1e-2;
 
 /** The methods of Tables 2–5: ODM and the baselines, all trained with the same loop. */
 export const methods: Readonly<Record<string, Variation>> = {
@@ -224,8 +430,15 @@ export const methods: Readonly<Record<string, Variation>> = {
     regularizer: { merge: "reconstruction" },
   },
   pams: {
-    label: "PAMS (max|W|, learnable α)",
+    label: "PAMS (max|W|, learnable α, SKT)",
     quant: { weightRange: "pams", activationRange: "pams" },
+    regularizer: { merge: "reconstruction" },
+    distill: { weight: PAMS_SKT_WEIGHT },
+    lrQuant: PAMS_ALPHA_LR,
+  },
+  ddtb: {
+    label: "DDTB (dual bounds, per-image gate)",
+    quant: { weightRange: "pams", activationRange: "ddtb" },
     regularizer: { merge: "reconstruction" },
   },
   daq: {
@@ -271,5 +484,7 @@ export function vary(base: Recipe.Recipe, key: string, v: Variation): Recipe.Inp
     name: `${base.name}-${key}`,
     quant: { ...base.quant, ...v.quant },
     regularizer: { ...base.regularizer, ...v.regularizer },
+    distill: { ...base.distill, weight: v.distill?.weight ?? 0 },
+    train: { ...base.train, ...(v.lrQuant !== undefined ? { lrQuant: v.lrQuant } : {}) },
   };
 }

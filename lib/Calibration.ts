@@ -2,7 +2,8 @@
  * Calibration: initial quantizer parameters from the full-precision model (SPEC §2).
  *
  * Every activation range starts as the mean, over the calibration batches, of the 1st and
- * 99th percentiles of the layer's input, recorded with the FP model (the wrapped layers run
+ * 99th percentiles of the layer's input (or, for a quantizer with a `calibrationDecay` such as
+ * PAMS's α, an exponential moving average from the first batch's value), recorded with the FP model (the wrapped layers run
  * full precision in `calibrate` mode and report their inputs). Weight quantizers start from
  * the current weights (γ = 1 for clip correction, `u = f(W)` for learnable ranges).
  * One batch is in memory at a time: each batch's statistics are reduced before the next.
@@ -38,7 +39,15 @@ export const calibrate = (
   opts: Options,
 ): Effect.Effect<Params> =>
   Effect.gen(function* () {
-    if (Quant.layers(model).length === 0) return {};
+    const layers = Quant.layers(model);
+    if (layers.length === 0) return {};
+    // Quantizers that ask for an exponential moving average over the batches (PAMS) instead of
+    // the mean, by parameter-path prefix.
+    const decays = layers.flatMap(({ path, layer }) => {
+      const d = layer.spec.input?.calibrationDecay;
+      return d === undefined ? [] : [[`${path}.aq.`, d] as const];
+    });
+    const decayOf = (p: string) => decays.find(([prefix]) => p.startsWith(prefix))?.[1];
     const batchOpts = { ...opts.batch, seed: opts.batch.seed ^ 0x5eed_ca1b };
     const sums = yield* Data.stream(ds, batchOpts, 0, opts.batches).pipe(
       Stream.runFold(
@@ -51,7 +60,13 @@ export const calibrate = (
             model.apply(params, lr, ctx);
             for (const [p, t] of Tree.flatten(Quant.calibrate(model, params, inputs))) {
               const prev = acc.get(p);
-              acc.set(p, tf.keep(prev ? tf.add(prev, t) : t));
+              const d = decayOf(p);
+              const next = !prev
+                ? t
+                : d === undefined
+                ? tf.add(prev, t)
+                : tf.add(tf.mul(prev, d), tf.mul(t, 1 - d));
+              acc.set(p, tf.keep(next));
               prev?.dispose();
             }
           });
@@ -61,6 +76,7 @@ export const calibrate = (
       ),
     );
     return Tree.unflatten([...sums].map(([p, t]) => {
+      if (decayOf(p) !== undefined) return [p, t] as const;
       const mean = tf.div(t, opts.batches);
       t.dispose();
       return [p, mean] as const;

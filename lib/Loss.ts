@@ -1,6 +1,7 @@
 /**
- * Losses of QAT for SR: the L1 reconstruction loss and the mismatch regulariser of Eq. 2–3
- * of the ODM paper, computed from the quantized layers' recorded inputs ({@link Nn.Tap}).
+ * Losses of QAT for SR: the L1 reconstruction loss, the mismatch regulariser of Eq. 2–3
+ * of the ODM paper, computed from the quantized layers' recorded inputs ({@link Nn.Tap}), and
+ * PAMS's attention-transfer distillation (SKT).
  *
  * @module
  */
@@ -34,3 +35,25 @@ export function mismatch(
   });
   return addN(norms) as tf.Scalar;
 }
+
+/** ε of the attention map's L2 normalisation (PAMS: `F.normalize`'s default). */
+export const ATTENTION_EPSILON = 1e-12;
+
+/**
+ * The spatial attention map of a feature map `[N, H, W, C]` (Zagoruyko & Komodakis, used by
+ * PAMS's SKT): `mean_C(x²)`, flattened to `[N, H·W]` and divided by its L2 norm per image
+ * (`max(‖·‖, ε)`).
+ */
+export function attention(x: tf.Tensor4D): tf.Tensor2D {
+  const [n, h, w] = x.shape;
+  const a = tf.reshape(tf.mean(tf.square(x), 3), [n, h * w]);
+  const norm = tf.maximum(tf.norm(a, 2, 1, true), ATTENTION_EPSILON);
+  return tf.div(a, norm) as tf.Tensor2D;
+}
+
+/**
+ * PAMS's SKT loss: the mean squared difference of the attention maps of the student's and the
+ * teacher's features (the teacher is a constant).
+ */
+export const attentionTransfer = (student: tf.Tensor4D, teacher: tf.Tensor4D): tf.Scalar =>
+  tf.mean(tf.square(tf.sub(attention(student), Ste.stopGradient(attention(teacher))))) as tf.Scalar;

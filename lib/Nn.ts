@@ -35,13 +35,19 @@ export interface Ctx {
   readonly path: string;
   /** Receives the input activations of quantized layers. */
   readonly tap?: (t: Tap) => void;
+  /** Receives the input of layers wrapped by {@link observeAt} (distillation features). */
+  readonly observe?: (path: string, x: tf.Tensor) => void;
 }
 
 /** A context for a forward pass at the root of a model. */
 export const context = (
   mode: Ctx["mode"] = "eval",
-  opts: { readonly step?: number; readonly tap?: (t: Tap) => void } = {},
-): Ctx => ({ mode, step: opts.step ?? 0, path: "", tap: opts.tap });
+  opts: {
+    readonly step?: number;
+    readonly tap?: (t: Tap) => void;
+    readonly observe?: (path: string, x: tf.Tensor) => void;
+  } = {},
+): Ctx => ({ mode, step: opts.step ?? 0, path: "", tap: opts.tap, observe: opts.observe });
 
 /** The context for a child named `name`. */
 export const childContext = (ctx: Ctx, name: string): Ctx => ({
@@ -387,6 +393,30 @@ export function transform<L extends AnyLayer>(
     [name, transform(child, f, path === "" ? name : `${path}.${name}`)] as const
   );
   return { ...layer.rebuild(children), name: layer.name } as L;
+}
+
+/**
+ * The model with the layer at `path` reporting its input through `ctx.observe` (e.g. the body
+ * output that enters the upsampler, for distillation). Parameters, kinds and costs are
+ * unchanged: the wrapper only adds the report.
+ */
+export function observeAt<L extends AnyLayer>(model: L, path: string): L {
+  let found = false;
+  const observed = (layer: AnyLayer): AnyLayer => ({
+    ...layer,
+    apply: (p, x, ctx) => {
+      ctx.observe?.(ctx.path, x);
+      return layer.apply(p, x, ctx);
+    },
+    rebuild: (children) => observed(layer.rebuild(children)),
+  });
+  const out = transform(model, (q, layer) => {
+    if (q !== path) return undefined;
+    found = true;
+    return observed(layer);
+  });
+  if (!found) throw new Error(`observeAt: the model has no layer at "${path}"`);
+  return out;
 }
 
 /** Number of scalar parameters a layer initialises. */

@@ -35,8 +35,8 @@ export interface Quantized<I extends number = number, O extends number = number>
 /** True for a layer made by {@link wrap}. */
 export const isQuantized = (l: Nn.AnyLayer): l is Quantized => l.kind === "quantized";
 
-/** True for a parameter path that belongs to a quantizer (`…wq.*` or `…aq.*`). */
-export const isQuantizerParam = (path: string): boolean => /(^|\.)(wq|aq)\.[^.]+$/.test(path);
+/** True for a parameter path that belongs to a quantizer (`…wq.*` or `…aq.*`, nested too). */
+export const isQuantizerParam = (path: string): boolean => /(^|\.)(wq|aq)\./.test(path);
 
 /** Wraps a leaf layer that has a `weight` parameter (conv2d, linear) with quantizers. */
 export function wrap(spec: Spec) {

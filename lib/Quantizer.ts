@@ -37,6 +37,11 @@ export interface Quantizer<P extends Params = Params> {
   readonly bounds: (params: P, x: tf.Tensor) => Range.Bounds;
   /** Fake-quantizes `x` (STE gradients). */
   readonly apply: (params: P, x: tf.Tensor) => tf.Tensor;
+  /**
+   * Calibration combines the per-batch `init` values by their mean, or, when this is set, by an
+   * exponential moving average with this decay, starting from the first batch (PAMS: 0.9997).
+   */
+  readonly calibrationDecay?: number;
 }
 
 /** A quantizer with any parameter shape (what wrappers and schemes accept). */

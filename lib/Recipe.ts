@@ -49,18 +49,35 @@ export const Schema = z.object({
     ),
     /**
      * Activation range: `learnable` bounds initialised by calibration (ODM), per-batch
-     * `max`/`percentile`, `pams` (learnable symmetric α, `Baselines.pamsActivation`) or `daq`
-     * (per-image channel-wise normalisation, `Baselines.daq`).
+     * `max`/`percentile`, `pams` (learnable symmetric α, `Baselines.pamsActivation`), `daq`
+     * (per-image channel-wise normalisation, `Baselines.daq`) or `ddtb` (learnable bounds, a
+     * per-image gate on the most variable layers, `Baselines.ddtb`).
      */
-    activationRange: z.enum(["learnable", "max", "percentile", "pams", "daq"]).default(
+    activationRange: z.enum(["learnable", "max", "percentile", "pams", "daq", "ddtb"]).default(
       "learnable",
     ),
+    /**
+     * DDTB: the layers (dotted paths) that get a per-image gate. Left out, training picks them
+     * from the data (`Baselines.selectDynamic`, {@link dynamicFraction} of the layers) and
+     * records them in the checkpoint's recipe.
+     */
+    dynamicLayers: z.array(z.string().min(1)).optional(),
+    /** DDTB: share of the quantized layers that get a gate when they are picked from data. */
+    dynamicFraction: z.number().gt(0).max(1).default(0.3),
     /** The j of the percentile statistics (SPEC §2, §5). */
     percentile: z.number().gt(0.5).max(1).default(0.99),
     /** Your own quantizers, overriding the named ranges (any `Quantizer.Quantizer` values). */
     weightQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
     inputQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
-  }).strict(),
+  }).strict().superRefine((q, ctx) => {
+    if (q.dynamicLayers && q.activationRange !== "ddtb") {
+      ctx.addIssue({
+        code: "custom",
+        path: ["dynamicLayers"],
+        message: `only used with activationRange "ddtb", not "${q.activationRange}"`,
+      });
+    }
+  }),
   regularizer: z.object({
     /** How g_R and g_M are merged: `cooperative` (Eq. 6), `naive` (Table 7 d), `reconstruction` (no MR). */
     merge: z.enum(["cooperative", "naive", "reconstruction"]).default("cooperative"),
@@ -78,6 +95,15 @@ export const Schema = z.object({
     lambdaM: 1e-5,
     detach: true,
   }),
+  /**
+   * Distillation from the full-precision model (PAMS's SKT): `weight · MSE(at(student),
+   * at(teacher))` is added to the reconstruction loss, on the input of the layer at `at` (the
+   * body output: every model here names its upsampler `upsample`). 0 turns it off.
+   */
+  distill: z.object({
+    weight: z.number().nonnegative().default(0),
+    at: z.string().min(1).default("upsample"),
+  }).strict().default({ weight: 0, at: "upsample" }),
   train: z.object({
     steps: z.number().int().nonnegative(),
     batch: positiveInt.default(8),
@@ -174,6 +200,7 @@ export function quantizers(
     percentile: () => Range.percentile(j),
     pams: () => Range.max,
   }[q.weightRange]();
+
   const inputRange = {
     learnable: () => Range.learnable(Range.percentile(j)),
     max: () => Range.max,
@@ -187,6 +214,8 @@ export function quantizers(
     ? Baselines.pamsActivation(q.abits)
     : q.activationRange === "daq"
     ? Baselines.daq(q.abits)
+    : q.activationRange === "ddtb"
+    ? Baselines.ddtb(q.abits, { percentile: j })
     : Quantizer.asymmetric({
       bits: q.abits,
       range: inputRange[q.activationRange]() as Range.Range,

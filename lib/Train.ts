@@ -52,6 +52,16 @@ export interface StepConfig {
   readonly merge: Cooperative.Merge;
   /** Treat q(X) as a constant in L_M. */
   readonly detach: boolean;
+  /**
+   * Distillation (PAMS's SKT): `weight · Loss.attentionTransfer` between the input of the layer
+   * at `at` in `model` and in the FP `teacher` (fixed `params`), added to the L1 stream.
+   */
+  readonly distill?: {
+    readonly teacher: Nn.AnyLayer;
+    readonly params: Params;
+    readonly weight: number;
+    readonly at: string;
+  };
 }
 
 /** The training state between steps. */
@@ -69,6 +79,8 @@ export interface StepReport {
   readonly mismatch: number;
   readonly cosine: number;
   readonly conflict: number;
+  /** The SKT attention-transfer loss (unweighted; 0 without distillation). */
+  readonly distill: number;
 }
 
 /** The SPEC §7 optimizer: Adam groups for weights and quantizer parameters, step decay. */
@@ -93,13 +105,30 @@ export const mergeOf = (r: Recipe.Recipe["regularizer"]): Cooperative.Merge =>
     ? Cooperative.naive({ lambdaR: r.lambdaR, lambdaM: r.lambdaM })
     : Cooperative.reconstructionOnly({ lambdaR: r.lambdaR });
 
-/** The step configuration a recipe describes, for its (quantized) model. */
-export const configOf = (recipe: Recipe.Recipe, model: Nn.AnyLayer): StepConfig => ({
-  model,
-  optimizer: optimizer(recipe.train),
-  merge: mergeOf(recipe.regularizer),
-  detach: recipe.regularizer.detach,
-});
+/**
+ * The step configuration a recipe describes, for its (quantized) model; a recipe that
+ * distills needs the FP `teacher` (network and parameters, which the caller keeps alive).
+ */
+export function configOf(
+  recipe: Recipe.Recipe,
+  model: Nn.AnyLayer,
+  teacher?: { readonly model: Nn.AnyLayer; readonly params: Params },
+): StepConfig {
+  const base = {
+    model,
+    optimizer: optimizer(recipe.train),
+    merge: mergeOf(recipe.regularizer),
+    detach: recipe.regularizer.detach,
+  };
+  const { weight, at } = recipe.distill;
+  if (weight === 0) return base;
+  if (!teacher) throw new Error("configOf: recipe.distill needs the full-precision teacher");
+  return {
+    ...base,
+    model: Nn.observeAt(model, at),
+    distill: { teacher: Nn.observeAt(teacher.model, at), params: teacher.params, weight, at },
+  };
+}
 
 /** A state at step 0: the parameters and a fresh optimizer state. */
 export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Tensor>): State => ({
@@ -110,8 +139,8 @@ export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Ten
 
 /**
  * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
- * four reported scalars `[l1, mismatch, cosine, conflict]` as one tensor (cosine and conflict
- * are 0 unless `opts.stats`, default true). Does not dispose the old state.
+ * five reported scalars `[l1, mismatch, cosine, conflict, distill]` as one tensor (cosine and
+ * conflict are 0 unless `opts.stats`, default true; distill is the unweighted SKT loss). Does not dispose the old state.
  */
 export function step(
   cfg: StepConfig,
@@ -128,17 +157,26 @@ export function step(
     // Steps 1–3: one forward pass, two backward walks over its tape (lib/internal/tape.ts):
     // g_R from output 0, g_M from output 1 when the merge rule reads it. The mismatch walk
     // only visits the layers up to the last quantized one: L_M reads nothing after it.
-    const { values: [l1, lm], grads: [gr, gm] } = Tape.valuesAndGrads(
+    // SKT's target: the FP teacher's features, a constant (computed off the tape).
+    const distill = cfg.distill;
+    const target = distill && observed(distill.teacher, distill.params, batch.lr, "eval");
+    const { values: [, lm, l1, skt], grads: [gr, gm] } = Tape.valuesAndGrads(
       (...ls: tf.Tensor[]) => {
         const taps: Nn.Tap[] = [];
-        const ctx = Nn.context("train", { step: state.step, tap: (t) => taps.push(t) });
-        const sr = cfg.model.apply(
-          Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const)),
-          batch.lr,
-          ctx,
-        );
+        let feature: tf.Tensor | undefined;
+        const ctx = Nn.context("train", {
+          step: state.step,
+          tap: (t) => taps.push(t),
+          observe: (_, x) => (feature = x),
+        });
+        const p = Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const));
+        const l1 = Loss.l1(cfg.model.apply(p, batch.lr, ctx), batch.hr);
         const mismatch = quantized ? Loss.mismatch(taps, { detach: cfg.detach }) : tf.scalar(0);
-        return [Loss.l1(sr, batch.hr), mismatch];
+        const skt = target
+          ? Loss.attentionTransfer(feature as tf.Tensor4D, target as tf.Tensor4D)
+          : tf.scalar(0);
+        const reconstruction = distill ? tf.add(l1, tf.mul(skt, distill.weight)) : l1;
+        return [reconstruction as tf.Scalar, mismatch, l1, skt];
       },
       leaves,
       aux ? [0, 1] : [0],
@@ -148,7 +186,7 @@ export function step(
     const { grads, stats } = combine(gR, gM, opts.stats ?? true);
     const [updates, opt] = cfg.optimizer.update(grads, state.opt, state.params, state.step);
     const params = Optim.apply(state.params, updates);
-    const report = tf.stack([l1, lm, stats.cosine, stats.conflict]) as tf.Tensor1D;
+    const report = tf.stack([l1, lm, stats.cosine, stats.conflict, skt]) as tf.Tensor1D;
     return { params: [...params.values()], opt: [...opt], report };
   });
   return {
@@ -159,6 +197,14 @@ export function step(
     },
     report: out.report,
   };
+}
+
+/** The input of the layer `model` observes (see `Nn.observeAt`) in a forward pass. */
+function observed(model: Nn.AnyLayer, params: Params, x: tf.Tensor, mode: Nn.Ctx["mode"]) {
+  let feature: tf.Tensor | undefined;
+  model.apply(params, x, Nn.context(mode, { observe: (_, f) => (feature = f) }));
+  if (!feature) throw new Error("distillation: the observed layer was not reached");
+  return feature;
 }
 
 /** Disposes a training state. */
@@ -187,7 +233,9 @@ export const runStep = (
         t.hr.dispose();
       }
     })();
-    const [l1, mismatch, cosine, conflict] = yield* Effect.promise(() => out.report.data());
+    const [l1, mismatch, cosine, conflict, distill] = yield* Effect.promise(() =>
+      out.report.data()
+    );
     out.report.dispose();
     const bad = !Number.isFinite(l1)
       ? ["L1", l1] as const
@@ -200,7 +248,10 @@ export const runStep = (
         new NonFiniteLoss({ step: state.step, loss: bad[0], value: bad[1] }),
       );
     }
-    return { state: out.state, report: { step: state.step + 1, l1, mismatch, cosine, conflict } };
+    return {
+      state: out.state,
+      report: { step: state.step + 1, l1, mismatch, cosine, conflict, distill },
+    };
   });
 
 /** Final scores of a run. */
@@ -281,7 +332,17 @@ export const run = (
     const model = prepared.quantized;
     const nQuant = Quant.layers(model).length;
     const batchOpts: Data.BatchOptions = { batch: t.batch, patch: t.patch, seed: t.seed };
-    const cfg = configOf(recipe, model);
+    // A distilling recipe keeps its own copy of the FP32 parameters as the teacher: the
+    // starting parameters become the first state and are freed as training moves on.
+    const teacher = recipe.distill.weight > 0
+      ? {
+        model: prepared.fp32,
+        params: Tree.unflatten(
+          [...Tree.flatten(prepared.params)].map(([k, v]) => [k, v.clone()] as const),
+        ),
+      }
+      : undefined;
+    const cfg = configOf(recipe, model, teacher);
     const evalOpts = (what: string): Evaluate.Options => ({
       onImage: (i, n, s) =>
         log(`  eval ${what} ${i + 1}/${n} ${s.file.split("/").pop()}: ${s.psnr.toFixed(2)} dB`),
@@ -366,7 +427,8 @@ export const run = (
     const firstStep = state.step;
     log(
       `training ${recipe.name}: steps ${firstStep}→${t.steps}, batch ${t.batch}×${t.patch}², ` +
-        `${nQuant} quantized layers, merge ${cfg.merge.name}`,
+        `${nQuant} quantized layers, merge ${cfg.merge.name}` +
+        (cfg.distill ? `, SKT ×${cfg.distill.weight} at "${cfg.distill.at}"` : ""),
     );
     const final = yield* Data.stream(data.train, batchOpts, state.step, t.steps).pipe(
       Stream.runFoldEffect(
@@ -387,9 +449,9 @@ export const run = (
                 JSON.stringify({ ...report, seconds: elapsedBefore + seconds }),
               );
               log(
-                `step ${done}/${t.steps} | L1 ${report.l1.toFixed(3)} | L_M ${
-                  report.mismatch.toExponential(3)
-                } | ` +
+                `step ${done}/${t.steps} | L1 ${report.l1.toFixed(3)} | ` +
+                  (cfg.distill ? `SKT ${report.distill.toExponential(3)} | ` : "") +
+                  `L_M ${report.mismatch.toExponential(3)} | ` +
                   `cos ${report.cosine.toFixed(3)} | conflict ${
                     (100 * report.conflict).toFixed(1)
                   }% | ` +
@@ -412,6 +474,7 @@ export const run = (
       evalOpts("qat"),
     );
     dispose(final);
+    if (teacher) Tree.dispose(teacher.params);
     const summary: Summary = {
       fp32,
       ptq,

@@ -5,8 +5,10 @@
  * @module
  */
 import { Data, Effect } from "effect";
+import * as Baselines from "../lib/Baselines.ts";
 import * as Checkpoint from "../lib/Checkpoint.ts";
-import type * as Nn from "../lib/Nn.ts";
+import type * as Dataset from "../lib/Data.ts";
+import * as Nn from "../lib/Nn.ts";
 import * as Pretrained from "../lib/Pretrained.ts";
 import * as Quant from "../lib/Quant.ts";
 import type * as Quantizer from "../lib/Quantizer.ts";
@@ -121,12 +123,67 @@ export const build = (
 
 /**
  * The recipe's quantized network: its quantizers placed by the architecture's placement, or
- * the network unchanged for a full-precision (32/32) recipe.
+ * the network unchanged for a full-precision (32/32) recipe. DDTB's dynamic layers
+ * (`quant.dynamicLayers`, see {@link resolve}) get a gated input quantizer sized to their input.
  */
 export function quantize(
   recipe: Recipe.Recipe,
   arch: Pick<Built, "model" | "placement">,
 ): Nn.Layer<3, 3> {
   const q = Recipe.quantizers(recipe);
-  return q ? Quant.quantize(arch.model, arch.placement(q)) : arch.model;
+  if (!q) return arch.model;
+  const rules = arch.placement(q);
+  const quant = recipe.quant;
+  if (quant.activationRange !== "ddtb" || quant.inputQuantizer) {
+    return Quant.quantize(arch.model, rules);
+  }
+  if (!quant.dynamicLayers) {
+    throw new ModelError({
+      reason: "recipe.quant.dynamicLayers is not set: DDTB's gated layers are picked from " +
+        "the training data by Registry.resolve (deno task train and compare do it)",
+    });
+  }
+  const statics = new Set(Quant.layers(Quant.quantize(arch.model, rules)).map((l) => l.path));
+  const leaves = new Map<string, Nn.AnyLayer>();
+  Nn.walk(arch.model, (path, layer) => leaves.set(path, layer));
+  const gated: Quant.Rule[] = quant.dynamicLayers.map((path) => {
+    const layer = leaves.get(path);
+    if (!layer || !statics.has(path)) {
+      throw new ModelError({
+        reason:
+          `recipe.quant.dynamicLayers: "${path}" is not a quantized layer of ${recipe.model.arch}`,
+      });
+    }
+    const gate = { channels: layer.inChannels as number };
+    const input = Baselines.ddtb(quant.abits, { percentile: quant.percentile, gate });
+    return { match: path, kinds: [layer.kind], weight: q.weight, input };
+  });
+  return Quant.quantize(arch.model, [...gated, ...rules]);
 }
+
+/**
+ * The recipe with everything that is decided from data filled in: for DDTB without
+ * `quant.dynamicLayers`, the layers to gate, picked by `Baselines.selectDynamic` on the FP32
+ * model (`built`) over the calibration batches. Other recipes come back unchanged.
+ */
+export const resolve = (
+  recipe: Recipe.Recipe,
+  built: Pick<Built, "model" | "placement" | "params">,
+  train: Dataset.Dataset,
+): Effect.Effect<Recipe.Recipe> =>
+  Effect.gen(function* () {
+    const quant = recipe.quant;
+    if (quant.activationRange !== "ddtb" || quant.dynamicLayers || quant.inputQuantizer) {
+      return recipe;
+    }
+    const q = Recipe.quantizers(recipe);
+    if (!q) return recipe;
+    const statics = Quant.quantize(built.model, built.placement(q));
+    const t = recipe.train;
+    const dynamicLayers = yield* Baselines.selectDynamic(statics, built.params, train, {
+      fraction: quant.dynamicFraction,
+      batches: t.calibrationBatches,
+      batch: { batch: t.batch, patch: t.patch, seed: t.seed },
+    });
+    return Recipe.parse({ ...recipe, quant: { ...quant, dynamicLayers } }, "(resolved recipe)");
+  });

@@ -1,5 +1,5 @@
 /**
- * `deno task compare [--methods odm,lsq,max,pams,daq | --ablation] [--model esrgan-slim]
+ * `deno task compare [--methods odm,lsq,max,pams,daq,ddtb | --ablation] [--model esrgan-slim]
  *   [--scale 4] [--bits 4] [--steps N] [--out DIR] [--data DIR] [--eval-images N]
  *   [--recipe <file or name>] [--json]`
  *
@@ -34,7 +34,7 @@ const Options = z.object({
   scale: z.coerce.number().pipe(z.union([z.literal(2), z.literal(3), z.literal(4)])).optional(),
   bits: z.coerce.number().int().min(1).max(8).optional(),
   steps: Args.int.optional(),
-  methods: z.string().default("odm,lsq,max,pams,daq"),
+  methods: z.string().default("odm,lsq,max,pams,daq,ddtb"),
   ablation: z.literal(true).optional(),
   out: z.string().default("runs/compare"),
   data: z.string().optional(),
@@ -147,9 +147,10 @@ export const program = (argv: ReadonlyArray<string>) =>
 
     const rows: Row[] = [];
     let fp32Row: Row | undefined;
-    for (const [key, recipe] of recipes) {
+    for (const [key, given] of recipes) {
       const out = `${opts.out}/${key}`;
-      const built = yield* Registry.build(recipe.model, recipe.train.seed);
+      const built = yield* Registry.build(given.model, given.train.seed);
+      const recipe = yield* Registry.resolve(given, built, train);
       const quantized = Registry.quantize(recipe, built);
       let summary: Train.Summary;
       if (yield* Effect.promise(() => exists(`${out}/summary.json`))) {

@@ -12,9 +12,12 @@
 import { Cause, Effect, Exit } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
+import * as Baselines from "../Baselines.ts";
 import * as Cost from "../Cost.ts";
+import * as Data from "../Data.ts";
 import * as Quant from "../Quant.ts";
 import * as Recipe from "../Recipe.ts";
+import * as Tree from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
 
@@ -22,17 +25,22 @@ const bits = z.coerce.number().int().refine((b) => (b >= 1 && b <= 8) || b === 3
   message: "bits must be 1–8 or 32",
 });
 
-/** Quantizer ranges of each method (they decide the quantizer parameters that are stored). */
-const METHODS = {
-  /** ODM: clipping-corrected weights (γ), learnable activation bounds (l, u). */
-  odm: { weightRange: "clipCorrected", activationRange: "learnable" },
-  /** LSQ-like (Eq. 8): learnable u_w, learnable l_a, u_a. */
-  lsq: { weightRange: "learnable", activationRange: "learnable" },
-  /** Eq. 7 weights (u = max|W|, nothing stored), learnable activation bounds. */
-  max: { weightRange: "max", activationRange: "learnable" },
-  /** Per-call percentiles for both (nothing stored). */
+/**
+ * Quantizer ranges of each method (they decide the quantizer parameters that are stored and
+ * the run-time arithmetic of dynamic quantizers): the compared methods (`Baselines.methods`)
+ * and per-call percentiles for both (nothing stored).
+ */
+const METHODS: Record<string, Pick<Recipe.Input["quant"], "weightRange" | "activationRange">> = {
+  ...Object.fromEntries(Object.entries(Baselines.methods).map(([k, v]) => [k, v.quant])),
   percentile: { weightRange: "percentile", activationRange: "percentile" },
-} as const;
+};
+
+/**
+ * DDTB's gated layers are picked from data: for `--method ddtb` the FP model (pretrained
+ * weights for esrgan-*, else its seeded initialisation) runs on this many embedded training
+ * patches.
+ */
+const DDTB_SELECTION = { calibrationBatches: 2, batch: 2, patch: 16 };
 
 const Options = z.object({
   model: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]),
@@ -40,7 +48,7 @@ const Options = z.object({
   bits: bits.optional(),
   wbits: bits.optional(),
   abits: bits.optional(),
-  method: z.enum(["odm", "lsq", "max", "percentile"]).default("odm"),
+  method: z.enum(["odm", "lsq", "max", "pams", "daq", "ddtb", "percentile"]).default("odm"),
   size: z.string().regex(/^[1-9][0-9]*x[1-9][0-9]*$/, "expected WIDTHxHEIGHT, e.g. 1920x1080")
     .default("1920x1080"),
   bias: z.enum(["fp", "layer", "none"]).default("fp"),
@@ -57,13 +65,28 @@ const USAGE =
   --scale       2, 3 or 4 (default 4)
   --bits        weight and activation bits (1–8, 32 = FP; default 32)
   --wbits/--abits  override --bits for weights / activations
-  --method      odm | lsq | max | percentile: which quantizer parameters are stored (default odm)
+  --method      odm | lsq | max | pams | daq | ddtb | percentile: the quantizers whose parameters
+                and run-time arithmetic are counted (default odm; ddtb picks its gated layers
+                on a few embedded training patches first)
   --size        output size WIDTHxHEIGHT (default 1920x1080, as Table 6)
   --bias        bias adds at fp (default) | layer bits | none
   --concat      count concatenations (one op per element); --mean-shift count mean-shift adds
   --json        print {"storageK", "bitopsT", …} only`;
 
 const fmtInt = (n: number) => Math.round(n).toLocaleString("en");
+
+/** The recipe with DDTB's gated layers picked (see {@link DDTB_SELECTION}); others as given. */
+const resolve = (recipe: Recipe.Recipe) =>
+  Effect.gen(function* () {
+    if (recipe.quant.activationRange !== "ddtb" || Recipe.quantizers(recipe) === undefined) {
+      return recipe;
+    }
+    const built = yield* Registry.build(recipe.model, recipe.train.seed);
+    const train = yield* Data.load(Data.embedded.train, recipe.model.scale, { name: "train" });
+    const resolved = yield* Registry.resolve(recipe, built, train);
+    Tree.dispose(built.params);
+    return resolved;
+  });
 
 /** The whole `cost` task as an Effect program; returns what `--json` prints. */
 export const program = (argv: ReadonlyArray<string>) =>
@@ -79,12 +102,13 @@ export const program = (argv: ReadonlyArray<string>) =>
     const abits = opts.abits ?? opts.bits ?? 32;
     const [width, height] = opts.size.split("x").map(Number);
     const { model, placement } = Registry.architecture({ arch: opts.model, scale, options: {} });
-    const recipe = Recipe.parse({
+    const given = Recipe.parse({
       name: "cost",
-      model: { arch: opts.model, scale },
+      model: { arch: opts.model, scale, pretrained: opts.model.startsWith("esrgan") },
       quant: { wbits, abits, ...METHODS[opts.method] },
-      train: { steps: 0 },
+      train: { steps: 0, ...DDTB_SELECTION },
     });
+    const recipe = yield* resolve(given);
     const quantized = Registry.quantize(recipe, { model, placement });
     const costOpts: Cost.Options = {
       outputHeight: height,
@@ -110,6 +134,7 @@ export const program = (argv: ReadonlyArray<string>) =>
       macs: c.macs,
       params: c.params,
       quantizedLayers: layers,
+      ...(recipe.quant.dynamicLayers ? { dynamicLayers: recipe.quant.dynamicLayers } : {}),
       fp32: { storageK: fp.storageK, bitopsT: fp.bitopsT },
       parts: Cost.byPart(c),
       unmodelled: c.unmodelled,
@@ -137,6 +162,9 @@ export const program = (argv: ReadonlyArray<string>) =>
       ),
     ];
     console.log(lines.join("\n"));
+    if (recipe.quant.dynamicLayers) {
+      console.log(`\nDDTB gates on: ${recipe.quant.dynamicLayers.join(", ")}`);
+    }
     if (c.unmodelled.length > 0) {
       console.error(`warning: no FLOP model for [${c.unmodelled.join(", ")}] (counted as 0)`);
     }
@@ -144,8 +172,14 @@ export const program = (argv: ReadonlyArray<string>) =>
   });
 
 if (import.meta.main) {
+  const ddtb = Deno.args.some((a, i) =>
+    a === "--method=ddtb" || (a === "--method" && Deno.args[i + 1] === "ddtb")
+  );
   const exit = await Effect.runPromiseExit(
-    program(Deno.args).pipe(Effect.provide(Backend.layer({ prefer: "cpu", log: false }))),
+    // Counting needs no GPU; DDTB's layer choice runs the model, which WebGPU does faster.
+    program(Deno.args).pipe(
+      Effect.provide(Backend.layer({ prefer: ddtb ? undefined : "cpu", log: false })),
+    ),
   );
   if (Exit.isFailure(exit)) {
     const e = Cause.squash(exit.cause);

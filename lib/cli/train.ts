@@ -69,11 +69,11 @@ export const program = (argv: ReadonlyArray<string>) =>
     }
     // Validate everything before any work.
     const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
-    const recipe = Recipe.override(loaded.recipe, { steps: opts.steps, seed: opts.seed });
-    const out = opts.out ?? `runs/${recipe.name}`;
+    const given = Recipe.override(loaded.recipe, { steps: opts.steps, seed: opts.seed });
+    const out = opts.out ?? `runs/${given.name}`;
     const backend = yield* Backend.Backend;
-    console.log(`recipe: ${recipe.name} (${loaded.source}) → ${out}`);
-    const scale = recipe.model.scale;
+    console.log(`recipe: ${given.name} (${loaded.source}) → ${out}`);
+    const scale = given.model.scale;
     const dir = (
       d: string,
       which: "train" | "eval",
@@ -82,19 +82,23 @@ export const program = (argv: ReadonlyArray<string>) =>
       i === n - 1 || i % 5 === 0
         ? console.log(`  ${what} ${i + 1}/${n} ${f.split("/").pop()}`)
         : undefined;
-    console.log(`loading training images from ${dir(recipe.data.train, "train")}`);
-    const train = yield* Data.load(dir(recipe.data.train, "train"), scale, {
+    console.log(`loading training images from ${dir(given.data.train, "train")}`);
+    const train = yield* Data.load(dir(given.data.train, "train"), scale, {
       name: "train",
       onImage: progress("train"),
     });
-    const evalAll = yield* Data.load(dir(recipe.data.eval, "eval"), scale, {
+    const evalAll = yield* Data.load(dir(given.data.eval, "eval"), scale, {
       name: "eval",
       onImage: progress("eval"),
     });
-    const evalSet = recipe.data.evalImages
-      ? { ...evalAll, pairs: evalAll.pairs.slice(0, recipe.data.evalImages) }
+    const evalSet = given.data.evalImages
+      ? { ...evalAll, pairs: evalAll.pairs.slice(0, given.data.evalImages) }
       : evalAll;
-    const built = yield* Registry.build(recipe.model, recipe.train.seed);
+    const built = yield* Registry.build(given.model, given.train.seed);
+    const recipe = yield* Registry.resolve(given, built, train);
+    if (recipe.quant.dynamicLayers && !given.quant.dynamicLayers) {
+      console.log(`DDTB gates (most variable inputs): ${recipe.quant.dynamicLayers.join(", ")}`);
+    }
     const quantized = Registry.quantize(recipe, built);
     console.log(
       `model: ${recipe.model.arch} ×${scale}, ${
