@@ -327,6 +327,23 @@ export function ddtb(
 /** DDTB's weights: as PAMS (symmetric, zero level, `u = max|W|`). */
 export const ddtbWeight = pamsWeight;
 
+/**
+ * How much a layer's input range moves between images, DDTB's criterion for a gate:
+ * `(std_n max_n + std_n min_n) / (mean_n max_n − mean_n min_n)` over the per-image maxima and
+ * minima (population standard deviations; 0 for a layer whose mean range is empty).
+ */
+export function rangeVariability(
+  s: { readonly max: ReadonlyArray<number>; readonly min: ReadonlyArray<number> },
+): number {
+  const mean = (v: ReadonlyArray<number>) => v.reduce((a, b) => a + b, 0) / v.length;
+  const std = (v: ReadonlyArray<number>) => {
+    const m = mean(v);
+    return Math.sqrt(mean(v.map((a) => (a - m) ** 2)));
+  };
+  const width = mean(s.max) - mean(s.min);
+  return width > 0 ? (std(s.max) + std(s.min)) / width : 0;
+}
+
 /** Options of {@link selectDynamic}. */
 export interface SelectOptions {
   /** Share of the quantized layers that get a gate (DDTB: about 30%); at least one. */
@@ -383,13 +400,7 @@ export const selectDynamic = (
         })
       ),
     );
-    const mean = (v: number[]) => v.reduce((a, b) => a + b, 0) / v.length;
-    const std = (v: number[]) => Math.sqrt(mean(v.map((a) => (a - mean(v)) ** 2)));
-    const score = new Map(paths.map((p) => {
-      const s = stats.get(p)!;
-      const width = mean(s.max) - mean(s.min);
-      return [p, width > 0 ? (std(s.max) + std(s.min)) / width : 0] as const;
-    }));
+    const score = new Map(paths.map((p) => [p, rangeVariability(stats.get(p)!)] as const));
     const k = Math.max(1, Math.ceil(opts.fraction * paths.length));
     const chosen = new Set([...paths].sort((a, b) => score.get(b)! - score.get(a)!).slice(0, k));
     return paths.filter((p) => chosen.has(p));

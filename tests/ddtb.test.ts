@@ -194,6 +194,14 @@ Deno.test("DDTB gradients of l, u and the gate match finite differences of the S
   assert(gb2.some((v) => Math.abs(v) > 1e-3), "the gate receives a gradient");
 });
 
+Deno.test("DDTB's variability score, by hand", () => {
+  // max: 2 and 4 (mean 3, std 1); min: 0 and 0 (std 0): (1 + 0) / (3 − 0).
+  assertAlmostEquals(Baselines.rangeVariability({ max: [2, 4], min: [0, 0] }), 1 / 3, 1e-12);
+  // The same spread on a range ten times wider scores ten times lower.
+  assertAlmostEquals(Baselines.rangeVariability({ max: [29, 31], min: [-1, 1] }), 2 / 30, 1e-12);
+  assertEquals(Baselines.rangeVariability({ max: [1, 1], min: [1, 1] }), 0);
+});
+
 const ddtbRecipe = (dynamicLayers?: string[]) =>
   Recipe.parse({
     name: "t",
