@@ -25,21 +25,22 @@ const compare = async (args: string[]) => {
 
 Deno.test("compare runs each method, prints one table, writes files, and resumes", async () => {
   const out = await Deno.makeTempDir();
-  const methods = ["odm", "pams", "daq"];
+  const methods = ["odm", "pams", "daq", "ddtb"];
   const { stdout } = await compare(["--methods", methods.join(","), "--out", out]);
-  const rows = stdout.split("\n").filter((l) => /^\| (fp32|odm|pams|daq):/.test(l));
+  const rows = stdout.split("\n").filter((l) => /^\| (fp32|odm|pams|daq|ddtb):/.test(l));
   assertEquals(rows.map((l) => l.slice(2, l.indexOf(":"))), ["fp32", ...methods], stdout);
   for (const l of rows) {
     assertEquals(l.split(/(?<!\\)\|/).length, 8, l); // 6 columns
   }
   assert((await Deno.readTextFile(`${out}/compare.md`)).includes("| daq:"));
   const saved = JSON.parse(await Deno.readTextFile(`${out}/compare.json`));
-  assertEquals(saved.rows.length, 4);
+  assertEquals(saved.rows.length, 5);
   for (const m of methods) assert((await Deno.stat(`${out}/${m}/summary.json`)).isFile, m);
 
   // Second invocation: the finished methods are read back, a half-done one (no summary yet)
   // continues from its checkpoint, and --json is the only stdout.
   await Deno.remove(`${out}/daq/summary.json`);
+  await Deno.remove(`${out}/ddtb/summary.json`);
   const again = await compare(["--methods", methods.join(","), "--out", out, "--json"]);
   const parsed = JSON.parse(again.stdout) as {
     rows: Array<{ method: string; psnr: number; ssim: number; storageK: number; bitopsT: number }>;
@@ -54,9 +55,12 @@ Deno.test("compare runs each method, prints one table, writes files, and resumes
   assert(again.stderr.includes("done before"), again.stderr);
   assert(!/training tiny-(odm|pams)/.test(again.stderr), "finished methods are not run again");
   assert(again.stderr.includes(`resumed from ${out}/daq/checkpoint.bin at step 3`), again.stderr);
-  // DAQ pays for its run-time statistics.
+  // DDTB picks the same gated layers again, so its checkpoint fits the rebuilt model.
+  assert(again.stderr.includes(`resumed from ${out}/ddtb/checkpoint.bin at step 3`), again.stderr);
+  // DAQ pays for its run-time statistics, DDTB for its gates.
   const by = Object.fromEntries(parsed.rows.map((r) => [r.method, r]));
   assert(by.daq.bitopsT > by.odm.bitopsT);
+  assert(by.ddtb.storageK > by.odm.storageK && by.ddtb.bitopsT > by.odm.bitopsT);
 });
 
 Deno.test("compare --ablation runs Table 7 (a)–(e)", async () => {
