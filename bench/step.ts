@@ -3,8 +3,9 @@
  * process: the tiny EDSR ×4 of PLATFORM.md (4 blocks × 32 channels, batch 4, LR 24², Adam) and
  * an EDSR-baseline body width (16 × 64, batch 8, LR 48²); FP32, W2A2 plain QAT (learnable
  * ranges, reconstruction loss only) and W2A2 ODM (clip-corrected weights, mismatch loss on a
- * second tape, cooperative merge). Prints the median seconds per step after one warm-up step,
- * the ratios ours/stock and ours/PyTorch, and ODM/FP32 with our kernels, with the backend named.
+ * second backward walk over the same forward pass, cooperative merge). Prints the median
+ * seconds per step after one warm-up step, the ratios ours/stock and ours/PyTorch, and
+ * ODM/FP32 with our kernels, with the backend named.
  * The stock EDSR-baseline step takes minutes: it runs once, shader compilation included (a few
  * seconds of it).
  *

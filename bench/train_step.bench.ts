@@ -1,7 +1,8 @@
 /**
  * The cost of a training step by method, in one process: FP32, plain QAT (W4A4, learnable
  * ranges, reconstruction loss only: one forward and one backward pass) and ODM (weight
- * clipping correction + cooperative mismatch regulariser: two tapes and the merge), on a tiny
+ * clipping correction + cooperative mismatch regulariser: one forward, two backward walks, the
+ * merge), on a tiny
  * EDSR and on the pretrained esrgan-slim of the default recipe. Deno.bench prints each
  * method's time relative to the FP32 baseline of its group.
  *
