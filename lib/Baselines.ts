@@ -36,6 +36,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Effect, Stream } from "effect";
+import * as Calibration from "./Calibration.ts";
 import * as Data from "./Data.ts";
 import * as Nn from "./Nn.ts";
 import * as Quant from "./Quant.ts";
@@ -287,10 +288,6 @@ export function ddtb(
       b2: tf.zeros([2]),
     };
   };
-  const staticBounds = (p: DdtbParams): Range.Bounds => ({
-    lower: p.lower,
-    upper: tf.maximum(p.upper, tf.add(p.lower, Quantizer.EPSILON)) as tf.Scalar,
-  });
   return {
     bits,
     symmetric: false,
@@ -300,32 +297,26 @@ export function ddtb(
       ...(base.defaults() as DdtbParams),
       ...(channels && bits < 32 ? { gate: gateDefaults(channels) } : {}),
     }),
-    bounds: (p) => staticBounds(p),
+    bounds: (p, x) => base.bounds(p, x),
     runtimeFlops: (elements, c) =>
       channels && bits < 32 ? elements + c + (2 * c * h + h) + (4 * h + 2) + 8 + 2 : 0,
     apply: (p, x) => {
-      if (bits === 32) return x;
-      if (!p.gate) {
-        const b = staticBounds(p);
-        return Quantizer.fakeQuant(x, b.lower, b.upper, bits);
-      }
+      if (bits === 32 || !p.gate) return base.apply(p, x);
+      // Per image: the static bounds scaled by the gate, with the asymmetric quantizer's guard.
       const scales = tf.unstack(gateScales(p.gate, x));
       const images = tf.split(x, x.shape[0]!, 0);
       return tf.concat(
         images.map((xi, n) => {
           const lower = tf.mul(scales[n].slice([1], [1]).reshape([]), p.lower) as tf.Scalar;
-          const u = tf.mul(scales[n].slice([0], [1]).reshape([]), p.upper) as tf.Scalar;
-          const upper = tf.maximum(u, tf.add(lower, Quantizer.EPSILON)) as tf.Scalar;
-          return Quantizer.fakeQuant(xi, lower, upper, bits);
+          const upper = tf.mul(scales[n].slice([0], [1]).reshape([]), p.upper) as tf.Scalar;
+          const b = base.bounds({ lower, upper }, xi);
+          return Quantizer.fakeQuant(xi, b.lower, b.upper, bits);
         }),
         0,
       );
     },
   };
 }
-
-/** DDTB's weights: as PAMS (symmetric, zero level, `u = max|W|`). */
-export const ddtbWeight = pamsWeight;
 
 /**
  * How much a layer's input range moves between images, DDTB's criterion for a gate:
@@ -375,8 +366,7 @@ export const selectDynamic = (
     const stats = new Map<string, { max: number[]; min: number[] }>(
       paths.map((p) => [p, { max: [], min: [] }]),
     );
-    const batchOpts = { ...opts.batch, seed: opts.batch.seed ^ 0x5eed_ca1b };
-    yield* Data.stream(ds, batchOpts, 0, opts.batches).pipe(
+    yield* Data.stream(ds, Calibration.sampling(opts.batch), 0, opts.batches).pipe(
       Stream.runForEach((b) =>
         Effect.promise(async () => {
           const taps: Array<{ path: string; range: tf.Tensor }> = [];

@@ -3,8 +3,8 @@
  *
  * Every activation range starts as the mean, over the calibration batches, of the 1st and
  * 99th percentiles of the layer's input (or, for a quantizer with a `calibrationDecay` such as
- * PAMS's α, an exponential moving average from the first batch's value), recorded with the FP model (the wrapped layers run
- * full precision in `calibrate` mode and report their inputs). Weight quantizers start from
+ * PAMS's α, an exponential moving average from the first batch's value), recorded with the FP
+ * model (the wrapped layers run full precision in `calibrate` mode and report their inputs). Weight quantizers start from
  * the current weights (γ = 1 for clip correction, `u = f(W)` for learnable ranges).
  * One batch is in memory at a time: each batch's statistics are reduced before the next.
  *
@@ -28,6 +28,12 @@ export interface Options {
   readonly onBatch?: (i: number, n: number) => void;
 }
 
+/** The batches calibration draws: the training batch shape on its own sub-stream of the seed. */
+export const sampling = (batch: Data.BatchOptions): Data.BatchOptions => ({
+  ...batch,
+  seed: batch.seed ^ 0x5eed_ca1b,
+});
+
 /**
  * The calibrated `wq`/`aq` parameters of every quantized layer (to merge into `params`).
  * Returns an empty tree when the model has no quantized layers.
@@ -48,8 +54,7 @@ export const calibrate = (
       return d === undefined ? [] : [[`${path}.aq.`, d] as const];
     });
     const decayOf = (p: string) => decays.find(([prefix]) => p.startsWith(prefix))?.[1];
-    const batchOpts = { ...opts.batch, seed: opts.batch.seed ^ 0x5eed_ca1b };
-    const sums = yield* Data.stream(ds, batchOpts, 0, opts.batches).pipe(
+    const sums = yield* Data.stream(ds, sampling(opts.batch), 0, opts.batches).pipe(
       Stream.runFold(
         () => new Map<string, tf.Tensor>(),
         (acc, b) => {

@@ -200,7 +200,6 @@ export function quantizers(
     percentile: () => Range.percentile(j),
     pams: () => Range.max,
   }[q.weightRange]();
-
   const inputRange = {
     learnable: () => Range.learnable(Range.percentile(j)),
     max: () => Range.max,

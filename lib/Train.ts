@@ -140,7 +140,8 @@ export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Ten
 /**
  * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
  * five reported scalars `[l1, mismatch, cosine, conflict, distill]` as one tensor (cosine and
- * conflict are 0 unless `opts.stats`, default true; distill is the unweighted SKT loss). Does not dispose the old state.
+ * conflict are 0 unless `opts.stats`, default true; distill is the unweighted SKT loss). Does
+ * not dispose the old state.
  */
 export function step(
   cfg: StepConfig,

@@ -8,7 +8,7 @@ import { Data, Effect } from "effect";
 import * as Baselines from "../lib/Baselines.ts";
 import * as Checkpoint from "../lib/Checkpoint.ts";
 import type * as Dataset from "../lib/Data.ts";
-import * as Nn from "../lib/Nn.ts";
+import type * as Nn from "../lib/Nn.ts";
 import * as Pretrained from "../lib/Pretrained.ts";
 import * as Quant from "../lib/Quant.ts";
 import type * as Quantizer from "../lib/Quantizer.ts";
@@ -143,12 +143,10 @@ export function quantize(
         "the training data by Registry.resolve (deno task train and compare do it)",
     });
   }
-  const statics = new Set(Quant.layers(Quant.quantize(arch.model, rules)).map((l) => l.path));
-  const leaves = new Map<string, Nn.AnyLayer>();
-  Nn.walk(arch.model, (path, layer) => leaves.set(path, layer));
+  const statics = new Map(Quant.layers(Quant.quantize(arch.model, rules)).map((l) => [l.path, l]));
   const gated: Quant.Rule[] = quant.dynamicLayers.map((path) => {
-    const layer = leaves.get(path);
-    if (!layer || !statics.has(path)) {
+    const layer = statics.get(path)?.layer;
+    if (!layer) {
       throw new ModelError({
         reason:
           `recipe.quant.dynamicLayers: "${path}" is not a quantized layer of ${recipe.model.arch}`,
@@ -156,7 +154,7 @@ export function quantize(
     }
     const gate = { channels: layer.inChannels as number };
     const input = Baselines.ddtb(quant.abits, { percentile: quant.percentile, gate });
-    return { match: path, kinds: [layer.kind], weight: q.weight, input };
+    return { match: path, kinds: [layer.inner.kind], weight: q.weight, input };
   });
   return Quant.quantize(arch.model, [...gated, ...rules]);
 }

@@ -115,7 +115,7 @@ Deno.test("the PAMS method: SKT weight 1e3, α at lr 1e-2, α initialised by an 
   // The oracle: each batch as calibration draws it (its own seed stream), max|x| per layer.
   const maxima: Array<Map<string, number>> = [];
   for (const i of [0, 1]) {
-    const b = Data.tensors(Data.batch(ds, { ...batch, seed: batch.seed ^ 0x5eed_ca1b }, i));
+    const b = Data.tensors(Data.batch(ds, Calibration.sampling(batch), i));
     const kept = new Map<string, tf.Tensor>();
     tf.tidy(() => {
       const tap = (t: Nn.Tap) => kept.set(t.path, tf.keep(tf.max(tf.abs(t.x))));
