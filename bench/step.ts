@@ -17,14 +17,10 @@
  * `--quick`: tiny EDSR only. `--json`: prints only `{"rows": [{"name", "ours_s", "stock_s",
  * "pytorch_s"}]}` on stdout (null where skipped); notes go to stderr.
  */
-import * as tf from "@tensorflow/tfjs";
-import { Effect } from "effect";
 import * as Backend from "../lib/Backend.ts";
 import * as Kernels from "../lib/Kernels.ts";
 import * as Recipe from "../lib/Recipe.ts";
-import * as Train from "../lib/Train.ts";
-import * as Tree from "../lib/Tree.ts";
-import * as Registry from "../models/registry.ts";
+import { stepper } from "./_stepper.ts";
 
 const quick = Deno.args.includes("--quick");
 const json = Deno.args.includes("--json");
@@ -65,42 +61,6 @@ function recipeOf(
     regularizer: { merge: method === "odm" ? "cooperative" : "reconstruction" },
     train: { steps: 1, batch, patch },
   });
-}
-
-interface Stepper {
-  readonly run: () => Promise<void>;
-  readonly dispose: () => void;
-}
-
-async function stepper(
-  model: Recipe.Input["model"],
-  method: Method,
-  batch: number,
-  patch: number,
-): Promise<Stepper> {
-  const recipe = recipeOf(model, method, batch, patch);
-  const built = await Effect.runPromise(Registry.build(recipe.model, 0));
-  const quantized = Registry.quantize(recipe, built);
-  const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
-  const cfg = Train.configOf(recipe, quantized);
-  let state = Train.initialState(cfg, params);
-  const s = recipe.model.scale;
-  const lr = tf.randomUniform([batch, patch, patch, 3], 0, 255, "float32", 1) as tf.Tensor4D;
-  const hr = tf.randomUniform([batch, patch * s, patch * s, 3], 0, 255, "float32", 2);
-  return {
-    run: async () => {
-      const out = Train.step(cfg, state, { lr, hr: hr as tf.Tensor4D });
-      await out.report.data(); // one read-back per step, as in training
-      out.report.dispose();
-      Train.dispose(state);
-      state = out.state;
-    },
-    dispose: () => {
-      Train.dispose(state);
-      lr.dispose();
-      hr.dispose();
-    },
-  };
 }
 
 async function seconds(run: () => Promise<void>, n: number): Promise<number> {
@@ -194,7 +154,9 @@ for (const c of quick ? configs.slice(0, 1) : configs) {
     };
     for (const which of ["stock", "ours"] as const) {
       Kernels.install(info, which);
-      const st = await stepper(c.model as Recipe.Input["model"], method, c.batch, c.patch);
+      const st = await stepper(
+        recipeOf(c.model as Recipe.Input["model"], method, c.batch, c.patch),
+      );
       const t = await seconds(st.run, c.n[which]);
       st.dispose();
       row[which === "ours" ? "ours_s" : "stock_s"] = t;

@@ -2,19 +2,14 @@
  * The cost of a training step by method, in one process: FP32, plain QAT (W4A4, learnable
  * ranges, reconstruction loss only: one forward and one backward pass) and ODM (weight
  * clipping correction + cooperative mismatch regulariser: one forward, two backward walks, the
- * merge), on a tiny
- * EDSR and on the pretrained esrgan-slim of the default recipe. Deno.bench prints each
+ * merge), on a tiny EDSR and on the pretrained esrgan-slim of the default recipe. Deno.bench prints each
  * method's time relative to the FP32 baseline of its group.
  *
  *   deno bench -A bench/train_step.bench.ts
  */
-import * as tf from "@tensorflow/tfjs";
-import { Effect } from "effect";
 import * as Backend from "../lib/Backend.ts";
 import * as Recipe from "../lib/Recipe.ts";
-import * as Train from "../lib/Train.ts";
-import * as Tree from "../lib/Tree.ts";
-import * as Registry from "../models/registry.ts";
+import { stepper } from "./_stepper.ts";
 
 const info = await Backend.initialize();
 
@@ -30,33 +25,6 @@ const recipeOf = (model: Recipe.Input["model"], method: Method, batch: number, p
     regularizer: { merge: method === "odm" ? "cooperative" : "reconstruction" },
     train: { steps: 1, batch, patch },
   });
-
-async function stepper(model: Recipe.Input["model"], method: Method, batch: number, patch: number) {
-  const recipe = recipeOf(model, method, batch, patch);
-  const built = await Effect.runPromise(Registry.build(recipe.model, 0));
-  const quantized = Registry.quantize(recipe, built);
-  const params = Tree.flatten(Tree.merge(quantized.init(0), built.params));
-  const cfg = Train.configOf(recipe, quantized);
-  let state = Train.initialState(cfg, params);
-  const s = recipe.model.scale;
-  const lr = tf.randomUniform([batch, patch, patch, 3], 0, 255, "float32", 1) as tf.Tensor4D;
-  const hr = tf.randomUniform(
-    [batch, patch * s, patch * s, 3],
-    0,
-    255,
-    "float32",
-    2,
-  ) as tf.Tensor4D;
-  const run = async () => {
-    const out = Train.step(cfg, state, { lr, hr });
-    await out.report.data(); // one read-back per step, as in training
-    out.report.dispose();
-    Train.dispose(state);
-    state = out.state;
-  };
-  await run(); // compile the shaders outside the timing
-  return run;
-}
 
 const configs = [
   {
@@ -75,7 +43,10 @@ const configs = [
 
 for (const c of configs) {
   for (const method of ["fp32", "plain", "odm"] as const) {
-    const run = await stepper(c.model as Recipe.Input["model"], method, c.batch, c.patch);
+    const { run } = await stepper(
+      recipeOf(c.model as Recipe.Input["model"], method, c.batch, c.patch),
+    );
+    await run(); // compile the shaders outside the timing
     Deno.bench({
       name: `${method} step`,
       group: `${c.group} on ${info.name} (${info.adapter})`,
