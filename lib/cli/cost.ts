@@ -58,6 +58,9 @@ const Options = z.object({
   help: z.literal(true).optional(),
 }).strict();
 
+/** Options without a value. */
+const FLAGS = ["json", "help", "concat", "mean-shift"];
+
 const USAGE =
   `usage: deno task cost --model <edsr|rdn|esrgan-slim|esrgan-medium> [--scale 4] [--bits B]
                        [--wbits B] [--abits B] [--method odm] [--size 1920x1080] [--json]
@@ -91,7 +94,7 @@ const resolve = (recipe: Recipe.Recipe) =>
 /** The whole `cost` task as an Effect program; returns what `--json` prints. */
 export const program = (argv: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const opts = Args.parse(Options, argv, ["json", "help", "concat", "mean-shift"]);
+    const opts = Args.parse(Options, argv, FLAGS);
     if (opts.help) {
       console.log(USAGE);
       return undefined;
@@ -172,9 +175,9 @@ export const program = (argv: ReadonlyArray<string>) =>
   });
 
 if (import.meta.main) {
-  const ddtb = Deno.args.some((a, i) =>
-    a === "--method=ddtb" || (a === "--method" && Deno.args[i + 1] === "ddtb")
-  );
+  // Invalid options are reported by the program itself.
+  const parsed = Options.safeParse(Args.split(Deno.args, FLAGS));
+  const ddtb = parsed.success && parsed.data.method === "ddtb";
   const exit = await Effect.runPromiseExit(
     // Counting needs no GPU; DDTB's layer choice runs the model, which WebGPU does faster.
     program(Deno.args).pipe(
