@@ -1,21 +1,33 @@
 /**
- * The compute backend: tfjs on WebGPU under Deno, or tfjs `cpu` where no adapter exists.
+ * The compute backend: tfjs on WebGPU under Deno, or tfjs `cpu` where no adapter exists or
+ * where the adapter fails its self-test.
  *
  * WebGPU is preferred through Vulkan (a real GPU's driver or Mesa's lavapipe, which is ~1.6×
- * faster than GL llvmpipe on the project's CPU machines). We request the device ourselves,
- * with the adapter's full limits, instead of the stock tfjs factory: the stock one caps
- * `maxTextureDimension2D` at 8192 and reads `adapter.info` after `requestDevice`
- * (denoland/deno#28135). With no adapter at all we fall back to `cpu` with one warning line.
+ * faster than GL llvmpipe on the project's CPU machines), then through GL, then tfjs `cpu`. We
+ * request the device ourselves, with the adapter's full limits, instead of the stock tfjs
+ * factory: the stock one caps `maxTextureDimension2D` at 8192 and reads `adapter.info` after
+ * `requestDevice` (denoland/deno#28135).
+ *
+ * Before an adapter is used it passes the self-test of `Conformance.ts` (a sum of many tensors,
+ * a conv and both gradients, the fused fake-quant, the two-output tape, against tfjs `cpu`). An
+ * adapter that fails is not used: one warning line names the failed check and the next choice
+ * is taken. NOTE: Deno fixes the WebGPU API (Vulkan or GL) at the first adapter request of a
+ * process (measured: a second `requestAdapter` under another `DENO_WEBGPU_BACKEND` returns
+ * null), so "Vulkan failed → GL" needs a new process: with `respawn` (the CLI tasks set it) the
+ * command runs again under GL, otherwise the fallback is `cpu`.
  *
  * Choose a backend with the option `prefer` or the environment variable `QAT_BACKEND`
- * (`webgpu` | `cpu`); `DENO_WEBGPU_BACKEND` (`vulkan` | `gl`) still picks the WebGPU API.
+ * (`webgpu` | `cpu`); `DENO_WEBGPU_BACKEND` (`vulkan` | `gl`) picks the WebGPU API. A backend
+ * or API chosen that way that fails its self-test is an error naming the check.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import { Context, Data, Effect, Layer } from "effect";
+import * as Conformance from "./Conformance.ts";
 import * as Kernels from "./Kernels.ts";
+import * as Native from "./internal/kernels/native.ts";
 
 /** The backends the project runs on. */
 export type Name = "webgpu" | "cpu";
@@ -29,6 +41,10 @@ export interface Info {
   readonly software: boolean;
   /** The device limits our kernels tune themselves to (absent on `cpu`). */
   readonly limits?: Readonly<Record<string, number>>;
+  /** Seconds the start-up self-test took (absent when it did not run: `cpu`). */
+  readonly selfTestSeconds?: number;
+  /** Why a better backend was not used (the warning printed at start), if one was refused. */
+  readonly fallback?: string;
 }
 
 /** Options for {@link initialize}. */
@@ -39,6 +55,17 @@ export interface Options {
   readonly log?: boolean;
   /** Conv/matmul kernels on webgpu: ours or tfjs stock (default `QAT_KERNELS`, else ours). */
   readonly kernels?: Kernels.Which;
+  /**
+   * When a Vulkan adapter chosen automatically fails its self-test, run this command again in a
+   * new process under GL (`Deno.mainModule` with the same arguments) and exit with its code.
+   * For CLI entry points only; the default falls back to `cpu` in this process.
+   */
+  readonly respawn?: boolean;
+  /**
+   * Checks to fail on purpose (tests of the fallback). Default: `QAT_SELFTEST_BREAK`, a comma
+   * list of words of check names or `all`, each optionally prefixed by the API, `vulkan:conv2d`.
+   */
+  readonly breakChecks?: ReadonlyArray<string>;
 }
 
 /** A backend that was asked for explicitly could not start. */
@@ -56,6 +83,14 @@ const VULKAN_ICD_DIRS = [
   "/etc/vulkan/icd.d",
   "/usr/local/share/vulkan/icd.d",
 ];
+
+/** Set in a process this module started again under GL: the reason Vulkan was refused. */
+const RESPAWNED = "QAT_WEBGPU_FALLBACK";
+
+/** Whether the user chose the WebGPU API (and so must get it or an error). */
+function apiChosen(): boolean {
+  return Deno.env.get("DENO_WEBGPU_BACKEND") !== undefined && !Deno.env.get(RESPAWNED);
+}
 
 /** Prefer Vulkan when some Vulkan driver is installed and the user did not choose. */
 function preferVulkan(): string {
@@ -88,7 +123,7 @@ const LIMITS = [
   "maxStorageTexturesPerShaderStage",
 ] as const;
 
-async function startWebGPU(): Promise<Info | string> {
+async function startWebGPU(): Promise<(Info & { readonly api: string }) | string> {
   if (typeof navigator === "undefined" || !("gpu" in navigator)) return "navigator.gpu is absent";
   const api = preferVulkan();
   let adapter: GPUAdapter | null = null;
@@ -118,6 +153,7 @@ async function startWebGPU(): Promise<Info | string> {
     adapter: `${description}${api === "default" ? "" : ` via ${api}`}`,
     software,
     limits,
+    api,
   };
 }
 
@@ -163,10 +199,91 @@ function requested(options: Options): Name | undefined {
   return want;
 }
 
+/** The checks to break on purpose for this API (see {@link Options.breakChecks}). */
+function broken(options: Options, api: string): string[] {
+  const all = options.breakChecks ?? Conformance.brokenFromEnv();
+  return all.flatMap((b) => {
+    const m = /^(vulkan|gl|default|webgpu):(.*)$/.exec(b);
+    if (!m) return [b];
+    return m[1] === api || m[1] === "webgpu" ? [m[2]] : [];
+  });
+}
+
+/** Runs this command again with `DENO_WEBGPU_BACKEND=gl` and exits with its exit code. */
+async function respawnUnderGl(reason: string): Promise<never> {
+  const config = new URL("../deno.json", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--config", config, Deno.mainModule, ...Deno.args],
+    env: { DENO_WEBGPU_BACKEND: "gl", [RESPAWNED]: reason },
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  // The child gets the terminal's signals itself; forward those sent to this process alone.
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    Deno.addSignalListener(sig, () => child.kill(sig));
+  }
+  const status = await child.status;
+  Deno.exit(status.code);
+}
+
+async function start(options: Options): Promise<Info> {
+  const want = requested(options);
+  if (want === "cpu") {
+    const info = await startCpu();
+    Kernels.install(info, options.kernels);
+    return info;
+  }
+  const forced = want === "webgpu" || apiChosen(); // before startWebGPU sets the API itself
+  const r = await startWebGPU();
+  const previous = Deno.env.get(RESPAWNED);
+  const fallBack = async (reason: string): Promise<Info> => {
+    const cpu = { ...(await startCpu()), fallback: reason };
+    Kernels.install(cpu, options.kernels);
+    console.warn(`warning: ${reason}; falling back to the slow tfjs cpu backend`);
+    return cpu;
+  };
+  if (typeof r === "string") {
+    if (forced) throw new BackendUnavailable({ requested: "webgpu", reason: r });
+    return await fallBack(
+      previous ? `${previous}, and WebGPU via GL: ${r}` : `WebGPU unavailable (${r})`,
+    );
+  }
+  const { api, ...webgpu } = r;
+  await Native.enable(); // bind groups' native memory is freed only by a JS collection
+  Kernels.install(webgpu, options.kernels);
+  const t0 = performance.now();
+  const failure = await Conformance.run({ breakChecks: broken(options, api) });
+  const selfTestSeconds = (performance.now() - t0) / 1000;
+  if (!failure) {
+    if (previous) console.warn(`warning: ${previous}; using WebGPU via GL instead`);
+    return { ...webgpu, selfTestSeconds, ...(previous ? { fallback: previous } : {}) };
+  }
+  const reason = `WebGPU adapter ${webgpu.adapter} failed the self-test "${failure.check}" ` +
+    `(${failure.detail})`;
+  if (forced) throw new BackendUnavailable({ requested: "webgpu", reason });
+  if (api === "vulkan" && options.respawn && !previous) return await respawnUnderGl(reason);
+  return await fallBack(
+    previous
+      ? `${previous}, and ${reason}`
+      : api === "vulkan"
+      ? `${reason} (GL cannot start in this process: set DENO_WEBGPU_BACKEND=gl to try it)`
+      : reason,
+  );
+}
+
+/** The one start-up line: which backend and adapter run, and that the adapter passed. */
+export function describe(info: Info): string {
+  const test = info.selfTestSeconds === undefined
+    ? ""
+    : `; self-test passed in ${info.selfTestSeconds.toFixed(2)} s`;
+  return `backend: ${info.name} (${info.adapter}${test})`;
+}
+
 /**
  * Starts tfjs on the best backend once per process and returns what was chosen. Later calls
  * return the same result. Rejects with {@link BackendUnavailable} only when a backend was
- * asked for explicitly and cannot start.
+ * asked for explicitly and cannot start or fails its self-test.
  */
 export function initialize(options: Options = {}): Promise<Info> {
   if (started) return started;
@@ -175,21 +292,8 @@ export function initialize(options: Options = {}): Promise<Info> {
     // folder of ours; nothing here needs one, so make one rather than print the warning.
     ensureRuntimeDir();
     tf.env().set("IS_NODE", false);
-    const want = requested(options);
-    let info: Info;
-    if (want === "cpu") info = await startCpu();
-    else {
-      const r = await startWebGPU();
-      if (typeof r === "string") {
-        if (want === "webgpu") throw new BackendUnavailable({ requested: "webgpu", reason: r });
-        console.warn(
-          `warning: WebGPU unavailable (${r}); falling back to the slow tfjs cpu backend`,
-        );
-        info = await startCpu();
-      } else info = r;
-    }
-    Kernels.install(info, options.kernels);
-    if (options.log !== false) console.log(`backend: ${info.name} (${info.adapter})`);
+    const info = await start(options);
+    if (options.log !== false) console.log(describe(info));
     return info;
   })();
   started.catch(() => (started = undefined));

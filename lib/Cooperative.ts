@@ -17,7 +17,6 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { addN } from "./internal/ops.ts";
 import type * as Tree from "./Tree.ts";
 
 /** A rule that merges the two gradient streams of the parameters that receive both. */
@@ -59,9 +58,9 @@ export function cooperative(o: CooperativeOptions): Merge {
       let globalSim: tf.Scalar | undefined;
       if (granularity === "global") {
         const paths = [...gR.keys()];
-        const ab = addN(paths.map((p) => dot(gR.get(p)!, gM.get(p)!)));
-        const aa = addN(paths.map((p) => dot(gR.get(p)!, gR.get(p)!)));
-        const bb = addN(paths.map((p) => dot(gM.get(p)!, gM.get(p)!)));
+        const ab = tf.addN(paths.map((p) => dot(gR.get(p)!, gM.get(p)!)));
+        const aa = tf.addN(paths.map((p) => dot(gR.get(p)!, gR.get(p)!)));
+        const bb = tf.addN(paths.map((p) => dot(gM.get(p)!, gM.get(p)!)));
         globalSim = tf.div(
           tf.add(tf.div(ab, tf.add(tf.sqrt(tf.mul(aa, bb)), EPS)), 1),
           2,
@@ -108,7 +107,11 @@ export function reconstructionOnly(o: { readonly lambdaR?: number } = {}): Merge
 export interface Stats {
   /** Mean over parameter tensors (with a non-zero g_M) of cos(g_R, g_M); 0 when none. */
   readonly cosine: tf.Scalar;
-  /** Fraction of gradient entries where g_R and g_M have opposite signs. */
+  /**
+   * Fraction of the gradient entries where both g_R and g_M are non-zero in which they have
+   * opposite signs (Fig. 2c); 0 when there is no such entry. Entries that one stream does not
+   * reach (the FP head, tail and upsampler get g_M = 0) cannot conflict and are not counted.
+   */
   readonly conflict: tf.Scalar;
 }
 
@@ -154,26 +157,34 @@ export function combine(
   };
 }
 
-/** Mean per-tensor cosine (over tensors with g_M ≠ 0) and the fraction of opposite signs. */
+/**
+ * Mean per-tensor cosine (over tensors with g_M ≠ 0) and the fraction of opposite signs among
+ * the entries where both streams are non-zero.
+ */
 export function statistics(gR: Tree.Flat, gM: Tree.Flat): Stats {
   return tf.tidy(() => {
     const cosines: tf.Tensor[] = [];
     const present: tf.Tensor[] = [];
     const conflicts: tf.Tensor[] = [];
-    let entries = 0;
+    const both: tf.Tensor[] = [];
     for (const [p, r] of gR) {
       const m = gM.get(p)!;
+      // Signs, not the product r·m, which underflows to 0 for tiny entries.
+      const signs = tf.mul(tf.sign(r), tf.sign(m));
       cosines.push(cosine(r, m));
       present.push(tf.cast(tf.greater(dot(m, m), 0), "float32"));
-      conflicts.push(tf.sum(tf.cast(tf.less(tf.mul(r, m), 0), "float32")));
-      entries += r.size;
+      conflicts.push(tf.sum(tf.cast(tf.less(signs, 0), "float32")));
+      both.push(tf.sum(tf.abs(signs)));
     }
     if (cosines.length === 0) return { cosine: tf.scalar(0), conflict: tf.scalar(0) };
-    const n = addN(present);
+    const n = tf.addN(present);
     const c = tf.div(
-      addN(cosines.map((x, i) => tf.mul(x, present[i]))),
+      tf.addN(cosines.map((x, i) => tf.mul(x, present[i]))),
       tf.maximum(n, 1),
     ) as tf.Scalar;
-    return { cosine: c, conflict: tf.div(addN(conflicts), entries) as tf.Scalar };
+    return {
+      cosine: c,
+      conflict: tf.div(tf.addN(conflicts), tf.maximum(tf.addN(both), 1)) as tf.Scalar,
+    };
   });
 }

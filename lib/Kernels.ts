@@ -20,6 +20,7 @@ import type * as Backend from "./Backend.ts";
 import * as Register from "./internal/kernels/register.ts";
 import * as Tuning from "./internal/kernels/tuning.ts";
 import * as FQ from "./internal/kernels/fake_quant.ts";
+import * as Limits from "./internal/kernels/limits.ts";
 
 /** Which conv and matmul kernels run on `webgpu`: ours (default) or tfjs's stock ones. */
 export type Which = "ours" | "stock";
@@ -38,6 +39,9 @@ export function defaultWhich(): Which {
  * kernels only, the conv kernels there are tfjs's).
  */
 export function install(info: Backend.Info, which: Which = defaultWhich()): void {
+  // Correctness first, whichever kernels run: tfjs's AddN ignores the adapter's binding limit.
+  Limits.installAddN();
+  if (info.name === "webgpu" && tf.getBackend() === "webgpu") Limits.guardPrograms(tf.backend());
   Register.installFakeQuant();
   Register.installConv();
   Register.installMatMul();

@@ -6,7 +6,6 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { addN } from "./internal/ops.ts";
 import type * as Nn from "./Nn.ts";
 import * as Ste from "./Ste.ts";
 
@@ -33,7 +32,7 @@ export function mismatch(
     const e = tf.sub(t.x, detach ? Ste.stopGradient(t.q) : t.q);
     return tf.sqrt(tf.add(tf.sum(tf.square(e)), NORM_EPSILON));
   });
-  return addN(norms) as tf.Scalar;
+  return tf.addN(norms) as tf.Scalar;
 }
 
 /** ε of the attention map's L2 normalisation (PAMS: `F.normalize`'s default). */

@@ -69,5 +69,19 @@ Deno.test("a tensor whose g_M is zero gets λ_R g_R and does not count in the me
   const { grads, stats } = combine(gR, gM);
   assertEquals(await values(grads.get("late")!), [3, -3]);
   assertAlmostEquals((await values(stats.cosine))[0], 1, 1e-6);
+  assertEquals((await values(stats.conflict))[0], 0);
+  tf.dispose([...gR.values(), ...gM.values(), ...grads.values(), stats.cosine, stats.conflict]);
+});
+
+Deno.test("conflict (Fig. 2c) counts only entries where both streams are non-zero", async () => {
+  const combine = Cooperative.combine(Cooperative.cooperative({ lambdaM: 1 }), {
+    reconstructionOnly: () => false,
+  });
+  // Entries with both non-zero: (1, −1), (2, 3), (−1, −2), (1e-30, −1e-30) → 2 of 4 conflict; the
+  // last pair's product underflows float32 and must still count. Entries with a zero: 4.
+  const gR = flat({ body: [1, 2, -1, 1e-30, 0, 5], tail: [7, -7] });
+  const gM = flat({ body: [-1, 3, -2, -1e-30, 4, 0], tail: [0, 0] });
+  const { grads, stats } = combine(gR, gM);
+  assertAlmostEquals((await values(stats.conflict))[0], 2 / 4, 1e-6);
   tf.dispose([...gR.values(), ...gM.values(), ...grads.values(), stats.cosine, stats.conflict]);
 });

@@ -15,7 +15,7 @@
  *
  * @module
  */
-import { Cause, Effect, Exit, Layer } from "effect";
+import { Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
 import * as Baselines from "../Baselines.ts";
@@ -26,6 +26,7 @@ import * as Train from "../Train.ts";
 import * as Tree from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
+import * as Main from "./Main.ts";
 import { loadRecipe } from "./train.ts";
 
 const Options = z.object({
@@ -220,14 +221,5 @@ export const program = (argv: ReadonlyArray<string>) =>
   });
 
 if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const exit = await Effect.runPromiseExit(
-    program(Deno.args).pipe(Effect.provide(Layer.mergeAll(Backend.layer({ log: !json })))),
-  );
-  if (Exit.isFailure(exit)) {
-    const e = Cause.squash(exit.cause);
-    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
-    Deno.exit(1);
-  }
-  Deno.exit(0);
+  await Main.run(program(Deno.args), { log: !Deno.args.includes("--json") });
 }

@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { Cause, Effect, Exit } from "effect";
+import { Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
 import * as Baselines from "../Baselines.ts";
@@ -20,6 +20,7 @@ import * as Recipe from "../Recipe.ts";
 import * as Tree from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
+import * as Main from "./Main.ts";
 
 const bits = z.coerce.number().int().refine((b) => (b >= 1 && b <= 8) || b === 32, {
   message: "bits must be 1–8 or 32",
@@ -178,16 +179,6 @@ if (import.meta.main) {
   // Invalid options are reported by the program itself.
   const parsed = Options.safeParse(Args.split(Deno.args, FLAGS));
   const ddtb = parsed.success && parsed.data.method === "ddtb";
-  const exit = await Effect.runPromiseExit(
-    // Counting needs no GPU; DDTB's layer choice runs the model, which WebGPU does faster.
-    program(Deno.args).pipe(
-      Effect.provide(Backend.layer({ prefer: ddtb ? undefined : "cpu", log: false })),
-    ),
-  );
-  if (Exit.isFailure(exit)) {
-    const e = Cause.squash(exit.cause);
-    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
-    Deno.exit(1);
-  }
-  Deno.exit(0);
+  // Counting needs no GPU; DDTB's layer choice runs the model, which WebGPU does faster.
+  await Main.run(program(Deno.args), { prefer: ddtb ? undefined : "cpu", log: false });
 }

@@ -20,7 +20,7 @@
  *
  * @module
  */
-import { Cause, Data as EffectData, Effect, Exit } from "effect";
+import { Data as EffectData, Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
 import * as Benchmark from "../Benchmark.ts";
@@ -34,6 +34,7 @@ import * as Tree from "../Tree.ts";
 import type { Params } from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
+import * as Main from "./Main.ts";
 
 const many = <T extends z.ZodType>(t: T) =>
   z.union([t, z.array(t)]).optional().transform((v) =>
@@ -305,14 +306,5 @@ export const program = (argv: ReadonlyArray<string>) =>
   });
 
 if (import.meta.main) {
-  const json = Deno.args.includes("--json");
-  const exit = await Effect.runPromiseExit(
-    program(Deno.args).pipe(Effect.provide(Backend.layer({ log: !json }))),
-  );
-  if (Exit.isFailure(exit)) {
-    const e = Cause.squash(exit.cause);
-    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
-    Deno.exit(1);
-  }
-  Deno.exit(0);
+  await Main.run(program(Deno.args), { log: !Deno.args.includes("--json") });
 }

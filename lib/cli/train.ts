@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { Cause, Effect, Exit, Layer } from "effect";
+import { Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
 import * as Data from "../Data.ts";
@@ -18,6 +18,7 @@ import * as Recipe from "../Recipe.ts";
 import * as Train from "../Train.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
+import * as Main from "./Main.ts";
 
 const Options = z.object({
   recipe: z.string().default("default"),
@@ -126,14 +127,4 @@ export const program = (argv: ReadonlyArray<string>) =>
     return summary;
   });
 
-if (import.meta.main) {
-  const exit = await Effect.runPromiseExit(
-    program(Deno.args).pipe(Effect.provide(Layer.mergeAll(Backend.layer()))),
-  );
-  if (Exit.isFailure(exit)) {
-    const e = Cause.squash(exit.cause);
-    console.error(`error: ${e instanceof Error ? e.message : String(e)}`);
-    Deno.exit(1);
-  }
-  Deno.exit(0);
-}
+if (import.meta.main) await Main.run(program(Deno.args));

@@ -242,9 +242,14 @@ export function filterGradient(
   const xp = packActivations(gpu, storage, gpu.bufferOf(x), { ...s, c: s.i }, s.p, s.w, ip);
   const dp = packActivations(gpu, storage, gpu.bufferOf(dy), { ...s, c: s.o }, 0, s.w, op);
   const partial = gpu.scratch(partialBytes);
+  // NOTE: the image width is compiled in as the pixel loop's bound. With the bound read from
+  // the uniforms, every dispatch of this kernel kept ~0.5 MB of native memory on lavapipe
+  // (Mesa 22/23 under Deno 2.9.6; measured with raw WebGPU, not on GL): the training steps of
+  // the default job grew the process by MBs per step. Training shapes are few, so is the cost
+  // of one pipeline per width.
   const pipe = gpu.pipeline(
-    `qat-convdw-${storage}-k${s.k}-ti${tile.ti}-to${tile.to}`,
-    () => Wgsl.convFilterPartial(storage, s.k, tile),
+    `qat-convdw-${storage}-k${s.k}-ti${tile.ti}-to${tile.to}-w${s.w}`,
+    () => Wgsl.convFilterPartial(storage, s.k, tile, s.w),
   );
   const total = blocks * slices;
   const u = gpu.uniforms([

@@ -227,7 +227,12 @@ export interface FilterTile {
  * `x[n,oy+ky−p,ox+kx−p,i]·dy[n,oy,ox,o]` over its slice of the `N·H` rows into
  * `P[((s·taps + tap)·Ipad + i)·Opad/4 + o/4]`.
  */
-export function convFilterPartial(storage: Storage, k: number, tile: FilterTile): string {
+export function convFilterPartial(
+  storage: Storage,
+  k: number,
+  tile: FilterTile,
+  width: number,
+): string {
   const ti4 = tile.ti / 4;
   const to4 = tile.to / 4;
   const comp = ["x", "y", "z", "w"];
@@ -281,7 +286,7 @@ ${accs.join("\n")}
     let xrow = (rr / u.h) * u.hp + rr % u.h + ky;
     var xc = kx * u.c4 + ib * ${ti4};
     var dc = ob * ${to4};
-    for (var ox = 0; ox < u.w; ox++) {
+    for (var ox = 0; ox < ${width}; ox++) {
 ${body.join("\n")}
       xc += u.c4;
       dc += u.d4;
