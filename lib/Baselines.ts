@@ -118,6 +118,7 @@ export function zeroLevel<P extends Params>(
     bits,
     symmetric: true,
     name: `zero${bits}·${range.name}`,
+    dynamic: range.dynamic ?? true,
     init: (sample) => range.init(sample, true),
     defaults: () => range.defaults(true),
     bounds,
@@ -134,6 +135,7 @@ export type AlphaParams = { readonly alpha: tf.Scalar };
  */
 export const pamsAlpha: Range.Range<AlphaParams> = {
   name: "pamsAlpha",
+  dynamic: false,
   init: (sample) => ({ alpha: tf.tidy(() => tf.max(tf.abs(sample)) as tf.Scalar) }),
   defaults: () => ({ alpha: tf.scalar(1) }),
   bounds: (p) => ({ lower: tf.neg(p.alpha), upper: p.alpha }),
@@ -205,6 +207,7 @@ export function daq(
     bits,
     symmetric: false,
     name: `daq${bits}`,
+    dynamic: true, // per-image, per-channel statistics
     init: () => ({}),
     defaults: () => ({}),
     bounds,
@@ -292,6 +295,7 @@ export function ddtb(
     bits,
     symmetric: false,
     name: `ddtb${bits}${channels ? `·gate(${channels})` : ""}`,
+    dynamic: channels !== undefined, // the gate reads each image's mean
     init: (sample) => base.init(sample) as DdtbParams,
     defaults: () => ({
       ...(base.defaults() as DdtbParams),

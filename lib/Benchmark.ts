@@ -20,8 +20,9 @@
  * PSNR/SSIM on Y are then the grey values' PSNR/SSIM.
  *
  * One bad image does not sink a set: a file that cannot be decoded, is smaller than the scale,
- * has no LR counterpart or a mismatched one is left out and reported in
- * {@link Benchmark.problems}, naming the file; every other image is still evaluated.
+ * has no LR counterpart or a mismatched one, or is a dangling symlink, is left out and reported
+ * in {@link Benchmark.problems}, naming the file; every other image is still evaluated.
+ * Symlinks to image files are followed.
  *
  * @module
  */
@@ -198,10 +199,15 @@ export const load = (
     }
     const found = yield* layout(dir, scale);
     const lrDir = opts.lr ?? found.lr;
-    const files = yield* Data.listImages(found.hr);
-    const lrFiles = lrDir ? yield* Data.listImages(lrDir) : [];
     const pairs: Data.Pair[] = [];
     const problems: Problem[] = [];
+    // Symlinks are followed; one that cannot be (dangling, to a folder) is a problem too.
+    const skip = (file: string, reason: string) => {
+      problems.push({ file, reason });
+      opts.onProblem?.({ file, reason });
+    };
+    const files = yield* Data.listImages(found.hr, skip);
+    const lrFiles = lrDir ? yield* Data.listImages(lrDir, skip) : [];
     for (const [i, file] of files.entries()) {
       opts.onImage?.(i, files.length, file);
       let pair: Effect.Effect<Data.Pair, Problem>;

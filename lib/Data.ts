@@ -49,15 +49,53 @@ export const embedded = {
   eval: new URL("../data/eval/", import.meta.url).pathname,
 } as const;
 
-/** The image files of a folder, sorted by name (so datasets are ordered the same everywhere). */
-export const listImages = (dir: string): Effect.Effect<string[], DatasetError> =>
+/** Called for a file of a folder that is left out, and why (a dangling symlink, …). */
+export type OnSkip = (file: string, reason: string) => void;
+
+/** The default {@link OnSkip}: a `warning:` line on stderr. */
+export const warnSkip: OnSkip = (file, reason) =>
+  console.error(`warning: ${file}: ${reason}; skipped`);
+
+/** Why the symlink `path` cannot be used as an image file, or undefined when it can. */
+async function symlinkProblem(path: string): Promise<string | undefined> {
+  try {
+    const target = await Deno.stat(path);
+    return target.isFile ? undefined : "a symlink to a folder, not to an image file";
+  } catch (e) {
+    const to = await Deno.readLink(path).catch(() => "?");
+    return e instanceof Deno.errors.NotFound
+      ? `dangling symlink (its target ${to} does not exist)`
+      : `symlink to ${to} cannot be followed: ${(e as Error).message}`;
+  }
+}
+
+/**
+ * The image files of a folder, sorted by name (so datasets are ordered the same everywhere).
+ * Symlinks to image files are followed; one that cannot be (dangling, or to a folder) is left
+ * out and reported to `onSkip` (default: a warning on stderr).
+ */
+export const listImages = (
+  dir: string,
+  onSkip: OnSkip = warnSkip,
+): Effect.Effect<string[], DatasetError> =>
   Effect.tryPromise({
     try: async () => {
+      const root = dir.replace(/\/$/, "");
       const names: string[] = [];
+      const skipped: Array<[string, string]> = [];
       for await (const e of Deno.readDir(dir)) {
-        if (e.isFile && IMAGE_EXT.test(e.name)) names.push(e.name);
+        if (!IMAGE_EXT.test(e.name)) continue;
+        if (e.isFile) names.push(e.name);
+        else if (e.isSymlink) {
+          const problem = await symlinkProblem(`${root}/${e.name}`);
+          if (problem) skipped.push([e.name, problem]);
+          else names.push(e.name);
+        }
       }
-      return names.sort().map((n) => `${dir.replace(/\/$/, "")}/${n}`);
+      for (const [n, why] of skipped.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+        onSkip(`${root}/${n}`, why);
+      }
+      return names.sort().map((n) => `${root}/${n}`);
     },
     catch: (e) => new DatasetError({ path: dir, reason: (e as Error).message }),
   }).pipe(
@@ -97,8 +135,8 @@ export const pairOf = (file: string, scale: number): Effect.Effect<Pair, Image.I
   );
 
 /**
- * Loads every image of a folder (DIV2K layout: a flat folder of HR images) as a dataset.
- * `onImage` reports progress.
+ * Loads every image of a folder (DIV2K layout: a flat folder of HR images, symlinks followed)
+ * as a dataset. `onImage` reports progress.
  */
 export const load = (
   dir: string,
@@ -106,10 +144,12 @@ export const load = (
   opts: {
     readonly name?: string;
     readonly onImage?: (i: number, n: number, file: string) => void;
+    /** Files left out of the folder (see {@link listImages}; default: a warning on stderr). */
+    readonly onSkip?: OnSkip;
   } = {},
 ): Effect.Effect<Dataset, DatasetError | Image.ImageDecodeError> =>
   Effect.gen(function* () {
-    const files = yield* listImages(dir);
+    const files = yield* listImages(dir, opts.onSkip);
     const pairs: Pair[] = [];
     for (const [i, file] of files.entries()) {
       opts.onImage?.(i, files.length, file);

@@ -58,11 +58,20 @@ export const childContext = (ctx: Ctx, name: string): Ctx => ({
 /** A named child of a composite layer. */
 export type Child = readonly [name: string, layer: AnyLayer];
 
-/** Static facts about a layer that the cost model and importers read. */
+/** Static facts about a layer that the cost model, importers and tiling (lib/Tile.ts) read. */
 export interface Meta {
   readonly kernel?: number;
   readonly bias?: boolean;
   readonly factor?: number;
+  /**
+   * For a layer of your own that mixes pixels: how far (in its input pixels) an output pixel
+   * reaches, so that tiled inference overlaps enough. Built-in kinds need none.
+   */
+  readonly reach?: number;
+  /** Tile origins must be multiples of this (e.g. an attention window). */
+  readonly align?: number;
+  /** The layer uses whole-image statistics: tiles cannot reproduce its output. */
+  readonly global?: boolean;
   readonly [key: string]: unknown;
 }
 
@@ -269,9 +278,17 @@ function fromChildren(children: ReadonlyArray<Child>): AnyLayer {
     meta: {},
     init: (key) => initChildren(children, key),
     apply: (p, x, ctx) => {
+      // Inference (no taps, no observers): free each child's intermediates as soon as it
+      // returns, and the previous output once the next one exists, so the peak memory of a
+      // forward pass is a few feature maps instead of all of them (lib/Tile.ts sizes tiles by it).
+      const free = ctx.mode === "eval" && !ctx.tap && !ctx.observe;
       let y = x;
       for (const [name, l] of children) {
-        y = l.apply((p[name] as Params | undefined) ?? {}, y, childContext(ctx, name));
+        const prev = y;
+        const run = () =>
+          l.apply((p[name] as Params | undefined) ?? {}, prev, childContext(ctx, name));
+        y = free ? tf.tidy(run) : run();
+        if (free && prev !== x && prev !== y) prev.dispose();
       }
       return y;
     },

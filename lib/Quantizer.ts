@@ -42,6 +42,13 @@ export interface Quantizer<P extends Params = Params> {
    * exponential moving average with this decay, starting from the first batch (PAMS: 0.9997).
    */
   readonly calibrationDecay?: number;
+  /**
+   * The range is computed from the tensor being quantized at every call (per-batch max or
+   * percentile, per-image statistics): an activation quantizer like that sees the whole image,
+   * so tiled inference cannot reproduce it. `false` for fixed or learned ranges; left out, it
+   * is taken to be true.
+   */
+  readonly dynamic?: boolean;
 }
 
 /** A quantizer with any parameter shape (what wrappers and schemes accept). */
@@ -90,6 +97,7 @@ function make<P extends Params>(
     bits,
     symmetric,
     name: `${symmetric ? "sym" : "asym"}${bits}·${range.name}`,
+    dynamic: range.dynamic ?? true,
     init: (sample) => range.init(sample, symmetric),
     defaults: () => range.defaults(symmetric),
     bounds,

@@ -37,6 +37,11 @@ export interface Range<P extends Params = Params> {
   readonly defaults: (symmetric: boolean) => P;
   /** The clipping range for `x`. */
   readonly bounds: (params: P, x: tf.Tensor, symmetric: boolean) => Bounds;
+  /**
+   * Whether `bounds` reads `x` (per-call statistics: max, percentile, and clipCorrected's
+   * percentile of the weights); left out, it is taken to be true. See `Quantizer.dynamic`.
+   */
+  readonly dynamic?: boolean;
 }
 
 /**
@@ -79,6 +84,7 @@ const maxStat = statistic((t) => tf.max(t) as tf.Scalar, (t) => tf.min(t) as tf.
 /** `u = max|x|` (symmetric) or `[min x, max x]`, recomputed from the tensor each call (Eq. 7). */
 export const max: Range<Record<never, never>> = {
   name: "max",
+  dynamic: true,
   init: () => ({}),
   defaults: () => ({}),
   bounds: (_p, x, symmetric) => maxStat(x, symmetric),
@@ -90,6 +96,7 @@ export const percentile = (j = 0.99): Range<Record<never, never>> => {
   const stat = statistic((t) => quantile(t, j), (t) => quantile(t, 1 - j));
   return {
     name: `percentile(${j})`,
+    dynamic: true,
     init: () => ({}),
     defaults: () => ({}),
     bounds: (_p, x, symmetric) => stat(x, symmetric),
@@ -107,6 +114,7 @@ export const learnable = <P extends Params>(
   from: Range<P> = percentile(0.99) as unknown as Range<P>,
 ): Range<LearnableParams> => ({
   name: `learnable(${from.name})`,
+  dynamic: false,
   init: (sample, symmetric) =>
     tf.tidy(() => {
       const b = from.bounds(from.init(sample, symmetric), sample, symmetric);
@@ -136,6 +144,7 @@ export const clipCorrected = (j = 0.99): Range<ClipCorrectedParams> => {
   const base = percentile(j);
   return {
     name: `clipCorrected(${j})`,
+    dynamic: true, // the percentile of the tensor it quantizes (weights: fixed per model)
     init: () => ({ gamma: tf.scalar(1) }),
     defaults: () => ({ gamma: tf.scalar(1) }),
     bounds: (p, x, symmetric) => {

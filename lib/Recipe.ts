@@ -20,21 +20,66 @@ const isQuantizer = (v: unknown): v is Quantizer.Any =>
   typeof v === "object" && v !== null && typeof (v as Quantizer.Any).apply === "function" &&
   typeof (v as Quantizer.Any).bits === "number";
 
+const archs = ["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"] as const;
+/** An architecture a recipe can name. */
+export type Arch = (typeof archs)[number];
+
+const rdnOptions = ["numFeat", "numBlock", "numConv", "growRate", "kernel"] as const;
+
+/**
+ * The `model.options` each architecture takes: the numeric options of its `Options` in
+ * models/*.ts (models/registry.ts checks these names against those types). SwinIR's `depths`
+ * is given as `numLayers` RSTBs of `depth` blocks. Any other key is refused.
+ */
+export const modelOptions = {
+  edsr: ["numFeat", "numBlock", "resScale", "rgbRange"],
+  rdn: rdnOptions,
+  srresnet: ["numFeat", "numBlock"],
+  swinir: ["embedDim", "numLayers", "depth", "numHeads", "windowSize", "mlpRatio", "rgbRange"],
+  "esrgan-slim": rdnOptions,
+  "esrgan-medium": rdnOptions,
+} as const satisfies Record<Arch, ReadonlyArray<string>>;
+
+/**
+ * What is wrong with a model's `options`, one entry per key (empty when they are fine):
+ * unknown keys, and any key at all for a pretrained network (its options are fixed).
+ */
+export function optionProblems(
+  m: {
+    readonly arch: Arch;
+    readonly options: Readonly<Record<string, number>>;
+    pretrained?: boolean;
+  },
+): ReadonlyArray<{ readonly key: string; readonly message: string }> {
+  const known: ReadonlyArray<string> = modelOptions[m.arch];
+  return Object.keys(m.options).flatMap((key) =>
+    !known.includes(key)
+      ? [{ key, message: `unknown option for ${m.arch} (known: ${known.join(", ")})` }]
+      : m.pretrained
+      ? [{ key, message: `not used with model.pretrained (the pretrained ${m.arch} is fixed)` }]
+      : []
+  );
+}
+
 /** The recipe schema. */
 export const Schema = z.object({
   /** Name of the experiment (used in output folders and tables). */
   name: z.string().min(1),
   model: z.object({
     /** Architecture: `edsr`, `rdn`, `srresnet`, `swinir`, or a pretrained RDN-family package `esrgan-slim` / `esrgan-medium`. */
-    arch: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]),
+    arch: z.enum(archs),
     scale: z.union([z.literal(2), z.literal(3), z.literal(4)]),
-    /** Architecture options (BasicSR names, e.g. `numFeat`, `numBlock`). */
+    /** Architecture options (BasicSR names, e.g. `numFeat`, `numBlock`; see {@link modelOptions}). */
     options: z.record(z.string(), z.number()).default({}),
     /** Start from the package's pretrained weights (esrgan-*). */
     pretrained: z.boolean().default(false),
     /** Start from an FP32 checkpoint file instead (its parameters must fit the model). */
     checkpoint: z.string().optional(),
-  }).strict(),
+  }).strict().superRefine((m, ctx) => {
+    for (const p of optionProblems(m)) {
+      ctx.addIssue({ code: "custom", path: ["options", p.key], message: p.message });
+    }
+  }),
   quant: z.object({
     /** Weight bits (32 = full precision). */
     wbits: bits,

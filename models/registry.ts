@@ -38,11 +38,37 @@ export class ModelError extends Data.TaggedError("ModelError")<{ readonly reason
   }
 }
 
-/** The network and its quantization placement for a recipe's model (no parameters are made). */
+/** The numeric options of a model's `Options` type: what a recipe's `model.options` can set. */
+type NumericOption<O> = Exclude<
+  { [K in keyof O]-?: NonNullable<O[K]> extends number ? K : never }[keyof O],
+  "upscale"
+>;
+
+/**
+ * The option names each architecture takes ({@link Recipe.modelOptions}), checked by the
+ * compiler against the models' own `Options` types: a name that is not a numeric option of
+ * its model does not compile.
+ */
+export const options: {
+  readonly [A in "edsr" | "srresnet" | "rdn" | "esrgan-slim" | "esrgan-medium" | "swinir"]:
+    ReadonlyArray<
+      A extends "edsr" ? NumericOption<Edsr.Options>
+        : A extends "srresnet" ? NumericOption<Srresnet.Options>
+        : A extends "swinir" ? NumericOption<Swinir.Options> | "numLayers" | "depth"
+        : NumericOption<Rdn.Options>
+    >;
+} = Recipe.modelOptions;
+
+/**
+ * The network and its quantization placement for a recipe's model (no parameters are made).
+ * Throws {@link ModelError} for an option the architecture does not take.
+ */
 export const architecture = (
   m: Pick<Recipe.Recipe["model"], "arch" | "scale" | "options">,
 ): { readonly model: Nn.Layer<3, 3>; readonly placement: Built["placement"] } => {
   const o = m.options as Record<string, number>;
+  const bad = Recipe.optionProblems({ arch: m.arch, options: o })[0];
+  if (bad) throw new ModelError({ reason: `options.${bad.key}: ${bad.message}` });
   switch (m.arch) {
     case "edsr":
       return { model: Edsr.edsr({ ...o, upscale: m.scale }), placement: Edsr.placement };

@@ -1,7 +1,7 @@
 /**
  * Benchmark: folder layouts (flat HR, `<set>/HR` + `LR_bicubic/X<s>`, DIV2K `_HR` +
- * `_LR_bicubic`), LR naming conventions, grey images, and bad files that are named and left
- * out while the other images are still evaluated.
+ * `_LR_bicubic`), LR naming conventions, grey images, symlinked images, and bad files (dangling
+ * symlinks too) that are named and left out while the other images are still evaluated.
  */
 import { Effect } from "effect";
 import { encode as encodePng } from "fast-png";
@@ -143,4 +143,28 @@ Deno.test("`embedded` names the project's evaluation images; unusable folders fa
     await assertRejects(() => run(Benchmark.load(`${dir}/nope`, 4)), Error, "nope");
     await Deno.writeFile(`${dir}/x.png`, corruptPng);
     await assertRejects(() => run(Benchmark.load(dir, 4)), Error, "x.png: corrupt PNG");
+  }));
+
+Deno.test("symlinked images are evaluated; a dangling symlink is named and left out", () =>
+  inTemp(async (root) => {
+    const store = `${root}/store`;
+    const set = `${root}/Linked`;
+    await Deno.mkdir(store);
+    await Deno.mkdir(`${set}/HR`, { recursive: true });
+    await Deno.mkdir(`${set}/LR_bicubic/X2`, { recursive: true });
+    const hr = picture(16, 12, 3);
+    await Image.write(`${store}/a.png`, hr);
+    await Image.write(`${store}/ax2.png`, Resize.downscale(hr, 2));
+    await Image.write(`${set}/HR/b.png`, picture(8, 8));
+    await Image.write(`${set}/LR_bicubic/X2/bx2.png`, picture(4, 4));
+    await Deno.symlink(`${store}/a.png`, `${set}/HR/a.png`);
+    await Deno.symlink(`${store}/ax2.png`, `${set}/LR_bicubic/X2/ax2.png`);
+    await Deno.symlink(`${store}/gone.png`, `${set}/HR/c.png`);
+    const seen: string[] = [];
+    const s = await run(Benchmark.load(set, 2, { onProblem: (p) => seen.push(p.file) }));
+    assertEquals(names(s.pairs), ["a.png", "b.png"]);
+    assertEquals(s.pairs[0].lr.data, Resize.downscale(hr, 2).data);
+    assertEquals(names(s.problems), ["c.png"]);
+    assertMatch(s.problems[0].reason, /dangling symlink \(its target .*gone\.png does not exist\)/);
+    assertEquals(seen, [`${set}/HR/c.png`]);
   }));

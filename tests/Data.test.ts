@@ -1,4 +1,7 @@
-/** Patch batches: aligned LR/HR under every augmentation, seeded, and folder loading errors. */
+/**
+ * Patch batches: aligned LR/HR under every augmentation, seeded, and folder loading errors;
+ * symlinked images are followed and a dangling symlink is named.
+ */
 import { Effect, Exit, Stream } from "effect";
 import { assert, assertEquals, assertNotEquals, assertStringIncludes } from "@std/assert";
 import * as Data from "../lib/Data.ts";
@@ -110,4 +113,29 @@ Deno.test("the embedded sets load, LR = bicubic of the modcropped HR", async () 
   for (const p of ds.pairs) {
     assertEquals([p.lr.width * 4, p.lr.height * 4], [p.hr.width, p.hr.height]);
   }
+});
+
+Deno.test("symlinks to images are followed; a dangling one is named, not skipped silently", async () => {
+  const dir = await Deno.makeTempDir();
+  const store = await Deno.makeTempDir();
+  const img = Image.make(8, 6, Uint8Array.from({ length: 144 }, (_, i) => i));
+  await Deno.writeFile(`${dir}/a.png`, Image.encodePng(img));
+  await Deno.writeFile(`${store}/b.png`, Image.encodePng(img));
+  await Deno.symlink(`${store}/b.png`, `${dir}/b.png`);
+  await Deno.symlink(`${store}/missing.png`, `${dir}/c.png`);
+  await Deno.symlink(store, `${dir}/d.png`); // a folder with an image's name
+  const skipped: Array<[string, string]> = [];
+  const files = await Effect.runPromise(
+    Data.listImages(dir, (f, why) => skipped.push([f, why])),
+  );
+  assertEquals(files, [`${dir}/a.png`, `${dir}/b.png`]);
+  assertEquals(skipped.map(([f]) => f), [`${dir}/c.png`, `${dir}/d.png`]);
+  assertStringIncludes(skipped[0][1], `dangling symlink (its target ${store}/missing.png`);
+  assertStringIncludes(skipped[1][1], "a symlink to a folder");
+  // Training data: the symlinked image is loaded, the dangling one reported.
+  const reported: string[] = [];
+  const ds = await Effect.runPromise(Data.load(dir, 2, { onSkip: (f) => reported.push(f) }));
+  assertEquals(ds.pairs.map((p) => p.file), files);
+  assertEquals(ds.pairs[1].hr.data, ds.pairs[0].hr.data);
+  assertEquals(reported, [`${dir}/c.png`, `${dir}/d.png`]);
 });

@@ -1,7 +1,9 @@
 /**
  * The training step and loop: no tensor leaks over 200 steps, the loss falls on a fixed batch,
  * a non-finite loss stops the run with a typed error and leaves a readable checkpoint, and an
- * invalid recipe is refused before any work with the field named.
+ * invalid recipe is refused before any work with the field named. The run folder: a run in it
+ * is refused unless resumed (same recipe, enough steps) or replaced; metrics with a torn last
+ * line; a patch larger than the data; a resumed run with nothing left to train.
  */
 import * as tf from "@tensorflow/tfjs";
 import { Cause, Effect, Exit } from "effect";
@@ -137,4 +139,175 @@ Deno.test("an invalid recipe fails before any work and names the field", async (
   assertEquals(r.code, 1);
   assertStringIncludes(new TextDecoder().decode(r.stderr), "recipe.train.patch");
   assertEquals(await Deno.stat(out).then(() => true, () => false), false);
+});
+
+const failure = async <A, E>(e: Effect.Effect<A, E>) => {
+  const exit = await Effect.runPromiseExit(e);
+  assert(Exit.isFailure(exit), "expected a failure");
+  return Cause.squash(exit.cause) as Error;
+};
+
+Deno.test("truncateMetrics: a torn last line is dropped with one log line; a bad line before it names file and line", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/metrics.jsonl`;
+  const rec = (step: number) => JSON.stringify({ step, l1: 1 });
+  // Killed while appending step 4: a partial last line.
+  await Deno.writeTextFile(file, [rec(1), rec(2), rec(3), `{"step": 4, "l1": "3`].join("\n"));
+  const lines: string[] = [];
+  await Effect.runPromise(Train.truncateMetrics(file, 2, (l) => lines.push(l)));
+  assertEquals(await Deno.readTextFile(file), `${rec(1)}\n${rec(2)}\n`);
+  assertEquals(lines.length, 1);
+  assertStringIncludes(lines[0], `${file}: dropped a torn last line (line 4`);
+  // An unparsable line in the middle is an error naming the file and the line.
+  await Deno.writeTextFile(file, [rec(1), "{not json", rec(3), ""].join("\n"));
+  const e = await failure(Train.truncateMetrics(file, 3, () => {}));
+  assertInstanceOf(e, Train.MetricsCorrupt);
+  assertStringIncludes(e.message, `${file} line 2: not JSON`);
+  // A missing file is nothing to truncate.
+  await Effect.runPromise(Train.truncateMetrics(`${dir}/none.jsonl`, 1, () => {}));
+  assertEquals(await Deno.stat(`${dir}/none.jsonl`).then(() => true, () => false), false);
+});
+
+Deno.test("recipeDifferences names each differing field; steps, logEvery and checkpointEvery may change", () => {
+  const saved = Recipe.toJSON(tinyRecipe());
+  const w2 = Recipe.toJSON(Recipe.parse({ ...tinyRecipe(), quant: { wbits: 4, abits: 2 } }));
+  assertEquals(Train.recipeDifferences(saved, w2), [
+    "recipe.quant.wbits: 2 in the checkpoint, 4 given",
+  ]);
+  const extended = Recipe.toJSON(tinyRecipe({ steps: 50, logEvery: 5, checkpointEvery: 10 }));
+  assertEquals(Train.recipeDifferences(saved, extended), []);
+  const seeded = Recipe.toJSON(tinyRecipe({ seed: 3, patch: 4 }));
+  assertEquals(Train.recipeDifferences(saved, seeded), [
+    "recipe.train.patch: 6 in the checkpoint, 4 given",
+    "recipe.train.seed: 0 in the checkpoint, 3 given",
+  ]);
+  assertEquals(Train.recipeDifferences(null, saved), ["recipe: the checkpoint holds none"]);
+});
+
+/** A checkpoint of the tiny recipe at `step`, in a fresh folder. */
+async function folderWithCheckpoint(step: number, recipe = tinyRecipe()) {
+  const dir = await Deno.makeTempDir();
+  const params = new Map([["w", tf.ones([2])]]);
+  await Effect.runPromise(Checkpoint.write(`${dir}/checkpoint.bin`, {
+    step,
+    params,
+    opt: new Map(),
+    recipe: Recipe.toJSON(recipe),
+    meta: {},
+  }));
+  params.get("w")!.dispose();
+  return dir;
+}
+
+Deno.test("prepareOut refuses a folder that holds a run, saying what is there; force removes it first", async () => {
+  const dir = await folderWithCheckpoint(5);
+  await Deno.writeTextFile(`${dir}/metrics.jsonl`, '{"step":1}\n');
+  await Deno.writeTextFile(`${dir}/summary.json`, "{}\n");
+  const e = await failure(Train.prepareOut(dir, { resume: false }));
+  assertInstanceOf(e, Train.RunExists);
+  assertEquals(
+    e.message,
+    `${dir} already holds a run (checkpoint at step 5 of 5, metrics.jsonl, summary.json): ` +
+      "use --resume to continue it or --force to replace it",
+  );
+  // Nothing was touched.
+  assertEquals([...Deno.readDirSync(dir)].map((x) => x.name).sort(), [
+    "checkpoint.bin",
+    "metrics.jsonl",
+    "summary.json",
+  ]);
+  // A summary alone is a run too.
+  const lone = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${lone}/summary.json`, "{}\n");
+  assertStringIncludes(
+    (await failure(Train.prepareOut(lone, { resume: false }))).message,
+    "(summary.json)",
+  );
+  const lines: string[] = [];
+  await Effect.runPromise(
+    Train.prepareOut(dir, { resume: false, force: true, log: (l) => lines.push(l) }),
+  );
+  assertEquals([...Deno.readDirSync(dir)], []);
+  assertEquals(lines, [
+    `--force: removed the previous run's checkpoint.bin, metrics.jsonl, summary.json from ${dir}`,
+  ]);
+  // An empty or new folder is fine (and made).
+  await Effect.runPromise(Train.prepareOut(`${dir}/new/run`, { resume: false }));
+  assert((await Deno.stat(`${dir}/new/run`)).isDirectory);
+});
+
+Deno.test("prepareOut refuses an output path that is a file or cannot be created, naming it", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = `${dir}/a-file`;
+  await Deno.writeTextFile(file, "x");
+  const e = await failure(Train.prepareOut(file, { resume: false }));
+  assertInstanceOf(e, Train.OutputInvalid);
+  assertEquals(e.message, `output folder ${file} is a file, not a folder`);
+  const f = await failure(Train.prepareOut(`${file}/run`, { resume: false }));
+  assertInstanceOf(f, Train.OutputInvalid);
+  assertStringIncludes(f.message, `output folder ${file}/run cannot be created: `);
+});
+
+Deno.test("prepareOut on resume refuses another recipe's checkpoint and train.steps below its step", async () => {
+  const dir = await folderWithCheckpoint(5);
+  const w2 = Recipe.parse({ ...tinyRecipe(), quant: { wbits: 3, abits: 2 } });
+  const e = await failure(Train.prepareOut(dir, { resume: true, recipe: Recipe.toJSON(w2) }));
+  assertInstanceOf(e, Train.RecipeChanged);
+  assertStringIncludes(e.message, `cannot resume ${dir}/checkpoint.bin`);
+  assertStringIncludes(e.message, "recipe.quant.wbits: 2 in the checkpoint, 3 given");
+  assertEquals(e.differences.length, 1);
+  const below = Recipe.toJSON(tinyRecipe({ steps: 4 }));
+  const s = await failure(Train.prepareOut(dir, { resume: true, recipe: below }));
+  assertInstanceOf(s, Train.StepsBelowCheckpoint);
+  assertStringIncludes(s.message, "it is at step 5, beyond train.steps 4");
+  // More steps, or as many: fine.
+  for (const steps of [5, 9]) {
+    const more = Recipe.toJSON(tinyRecipe({ steps, logEvery: 3 }));
+    await Effect.runPromise(Train.prepareOut(dir, { resume: true, recipe: more }));
+  }
+});
+
+Deno.test("checkPatch names the folder and the largest LR image when the patch fits none", async () => {
+  const ds = await Effect.runPromise(Data.load(tinyDir, 2));
+  await Effect.runPromise(Train.checkPatch(24, ds, tinyDir));
+  const e = await failure(Train.checkPatch(25, ds, tinyDir));
+  assertInstanceOf(e, Train.PatchTooLarge);
+  assertEquals(
+    e.message,
+    `recipe.train.patch 25 is larger than every LR image in ${tinyDir.replace(/\/$/, "")} ` +
+      "(largest 30×24 at ×2)",
+  );
+});
+
+Deno.test("resuming at the last step trains nothing and writes the summary (0 steps/s); a failed summary write leaves no tmp", async () => {
+  const recipe = tinyRecipe({ steps: 2 });
+  const out = await Deno.makeTempDir();
+  const go = async (resume: boolean, log: (l: string) => void = () => {}) => {
+    const { built, quantized, ds } = await prepare(recipe);
+    return Effect.runPromiseExit(
+      Train.run(
+        recipe,
+        Recipe.toJSON(recipe),
+        { fp32: built.model, params: built.params, quantized },
+        { train: ds, eval: { ...ds, pairs: ds.pairs.slice(0, 1) } },
+        { out, resume, log },
+      ).pipe(Effect.provide(Backend.layer())),
+    );
+  };
+  assert(Exit.isSuccess(await go(false)));
+  const lines: string[] = [];
+  const again = await go(true, (l) => lines.push(l));
+  assert(Exit.isSuccess(again));
+  assertEquals(again.value.stepsPerSecond, 0);
+  assert(lines.some((l) => l.startsWith("nothing left to train:")), lines.join("\n"));
+  assert(!lines.some((l) => l.startsWith("training ")), lines.join("\n"));
+  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/summary.json`)).stepsPerSecond, 0);
+  // The summary cannot be renamed into place (a folder is in the way): no summary.json.tmp.
+  await Deno.remove(`${out}/summary.json`);
+  await Deno.mkdir(`${out}/summary.json`);
+  await Deno.writeTextFile(`${out}/summary.json/x`, "");
+  const failed = await go(true);
+  assert(Exit.isFailure(failed));
+  assertInstanceOf(Cause.squash(failed.cause), Train.RunFileError);
+  assertEquals(await Deno.stat(`${out}/summary.json.tmp`).then(() => true, () => false), false);
 });

@@ -9,10 +9,14 @@
 import { Cause, Effect, Exit, Fiber } from "effect";
 import * as Backend from "../Backend.ts";
 
-/** Runs `program` with the backend provided and exits the process with its outcome. */
+/**
+ * Runs `program` with the backend provided and exits the process with its outcome: 0 on
+ * success (or `exitCode(result)`), 1 on a failure, 130 on an interrupt.
+ */
 export async function run<A, E>(
   program: Effect.Effect<A, E, Backend.Backend>,
   backend: Backend.Options = {},
+  opts: { readonly exitCode?: (result: A) => number } = {},
 ): Promise<never> {
   const fiber = Effect.runFork(
     program.pipe(Effect.provide(Backend.layer({ respawn: true, ...backend }))),
@@ -27,7 +31,7 @@ export async function run<A, E>(
   Deno.addSignalListener("SIGINT", onSignal);
   const exit = await Effect.runPromise(Fiber.await(fiber));
   Deno.removeSignalListener("SIGINT", onSignal);
-  if (Exit.isSuccess(exit)) Deno.exit(0);
+  if (Exit.isSuccess(exit)) Deno.exit(opts.exitCode?.(exit.value) ?? 0);
   if (interrupted || Cause.hasInterruptsOnly(exit.cause)) {
     console.error("interrupted");
     Deno.exit(130);

@@ -63,11 +63,19 @@ export interface Row {
   readonly label: string;
   readonly wbits: number;
   readonly abits: number;
+  /** NaN (`null` in JSON) when an output was flagged; `flagged` says why. */
   readonly psnr: number;
   readonly ssim: number;
   readonly storageK: number;
   readonly bitopsT: number;
+  readonly flagged?: string;
 }
+
+const flagOf = (s: Train.Score): { flagged?: string } =>
+  s.flagged?.length ? { flagged: `${s.flagged[0].file}: ${s.flagged[0].reason}` } : {};
+
+const score = (x: number | null, digits: number) =>
+  typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "–";
 
 /** The Markdown table, in the paper's layout. */
 export function table(rows: ReadonlyArray<Row>, scale: number, evalName: string): string {
@@ -76,8 +84,8 @@ export function table(rows: ReadonlyArray<Row>, scale: number, evalName: string)
     "|---|---|---|---|---|---|",
     ...rows.map((r) =>
       `| ${r.method}: ${r.label.replaceAll("|", "\\|")} | ${r.wbits}/${r.abits} | ${
-        r.psnr.toFixed(2)
-      } | ${r.ssim.toFixed(4)} | ${r.storageK.toFixed(3)} | ${r.bitopsT.toFixed(2)} |`
+        r.flagged ? "⚠ flagged" : score(r.psnr, 2)
+      } | ${score(r.ssim, 4)} | ${r.storageK.toFixed(3)} | ${r.bitopsT.toFixed(2)} |`
     ),
   ].join("\n");
 }
@@ -139,7 +147,9 @@ export const program = (argv: ReadonlyArray<string>) =>
       d: string,
       which: "train" | "eval",
     ) => (d === "embedded" ? Data.embedded[which] : d);
-    const train = yield* Data.load(dir(base.data.train, "train"), scale, { name: "train" });
+    const trainDir = dir(base.data.train, "train");
+    const train = yield* Data.load(trainDir, scale, { name: "train" });
+    yield* Train.checkPatch(base.train.patch, train, trainDir);
     const evalAll = yield* Data.load(dir(base.data.eval, "eval"), scale, { name: "eval" });
     const evalSet = base.data.evalImages
       ? { ...evalAll, pairs: evalAll.pairs.slice(0, base.data.evalImages) }
@@ -178,6 +188,7 @@ export const program = (argv: ReadonlyArray<string>) =>
         ssim: summary.fp32.ssim,
         storageK: Cost.of(built.model, cost).storageK,
         bitopsT: Cost.of(built.model, cost).bitopsT,
+        ...flagOf(summary.fp32),
       };
       rows.push({
         method: key,
@@ -188,6 +199,7 @@ export const program = (argv: ReadonlyArray<string>) =>
         ssim: summary.qat.ssim,
         storageK: c.storageK,
         bitopsT: c.bitopsT,
+        ...flagOf(summary.qat),
       });
     }
     const all = fp32Row ? [fp32Row, ...rows] : rows;
@@ -212,6 +224,7 @@ export const program = (argv: ReadonlyArray<string>) =>
           ssim: r.ssim,
           storageK: r.storageK,
           bitopsT: r.bitopsT,
+          ...(r.flagged ? { flagged: r.flagged } : {}),
         })),
       }));
     } else {

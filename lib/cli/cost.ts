@@ -176,9 +176,15 @@ export const program = (argv: ReadonlyArray<string>) =>
   });
 
 if (import.meta.main) {
-  // Invalid options are reported by the program itself.
-  const parsed = Options.safeParse(Args.split(Deno.args, FLAGS));
-  const ddtb = parsed.success && parsed.data.method === "ddtb";
+  // Invalid options are reported by the program itself (Args.parse); here they mean "not ddtb".
+  const ddtb = (() => {
+    try {
+      const parsed = Options.safeParse(Args.split(Deno.args, FLAGS));
+      return parsed.success && parsed.data.method === "ddtb";
+    } catch {
+      return false;
+    }
+  })();
   // Counting needs no GPU; DDTB's layer choice runs the model, which WebGPU does faster.
   await Main.run(program(Deno.args), { prefer: ddtb ? undefined : "cpu", log: false });
 }

@@ -16,7 +16,11 @@
  *   else on stdout; progress and warnings go to stderr.
  *
  * Images that cannot be used (corrupt, smaller than the scale, HR/LR mismatch) are reported as
- * warnings naming the file and left out; the rest of the set is evaluated.
+ * warnings naming the file and left out; the rest of the set is evaluated. Images of any size
+ * work (tiled where they do not fit the adapter, lib/Tile.ts). An image whose upscaling fails is
+ * named and the rest is scored; an output that is constant or far below bicubic is flagged and
+ * its set gets no score (`⚠ flagged` in the table, `null` in JSON). The exit code is 2 when any
+ * image failed or was flagged, 0 otherwise.
  *
  * @module
  */
@@ -80,8 +84,26 @@ export interface Row {
   /** Weight / activation bits ("–" for Bicubic). */
   readonly wbits: number | null;
   readonly abits: number | null;
-  readonly sets: Record<string, { readonly psnr: number; readonly ssim: number; images: number }>;
+  readonly sets: Record<string, SetScore>;
 }
+
+/** One model's result on one set. */
+export interface SetScore {
+  /** Means over the scored images; NaN (null in JSON) when an output was flagged. */
+  readonly psnr: number;
+  readonly ssim: number;
+  readonly images: number;
+  readonly failed: ReadonlyArray<Evaluate.Problem>;
+  readonly flagged: ReadonlyArray<Evaluate.Problem>;
+}
+
+const setScore = (s: Evaluate.Scores): SetScore => ({
+  psnr: s.psnr,
+  ssim: s.ssim,
+  images: s.images.length,
+  failed: s.failed,
+  flagged: s.flagged,
+});
 
 /** What `--json` prints. */
 export interface Report {
@@ -122,8 +144,16 @@ const fromCheckpoint = (file: string, c: Checkpoint.Contents, recipe: Recipe.Rec
     return { model: model as Nn.AnyLayer, params: Tree.unflatten(c.params) };
   });
 
-const fmtScore = (s: { psnr: number; ssim: number } | undefined) =>
-  s ? `${s.psnr.toFixed(2)} / ${s.ssim.toFixed(4)}` : "–";
+const fmtScore = (s: SetScore | undefined) =>
+  !s
+    ? "–"
+    : s.flagged.length > 0
+    ? `⚠ flagged (${s.flagged.length} of ${s.images})`
+    : s.images === 0
+    ? "⚠ failed"
+    : `${s.psnr.toFixed(2)} / ${s.ssim.toFixed(4)}${
+      s.failed.length ? ` (${s.failed.length} failed)` : ""
+    }`;
 
 /** The Markdown table of a report (the papers' layout: PSNR / SSIM per set). */
 export function table(r: Report, sets: ReadonlyArray<string>): string {
@@ -259,7 +289,7 @@ export const program = (argv: ReadonlyArray<string>) =>
         ssim: opts.ssim,
         onImage: progress("Bicubic", set.name),
       });
-      bicubic.sets[set.name] = { psnr: s.psnr, ssim: s.ssim, images: s.images.length };
+      bicubic.sets[set.name] = setScore(s);
     }
     rows.push(bicubic);
     for (const cand of candidates) {
@@ -273,11 +303,19 @@ export const program = (argv: ReadonlyArray<string>) =>
           const s = yield* Evaluate.evaluate(model, params, set, {
             ssim: opts.ssim,
             onImage: progress(cand.label, set.name),
+            onFailure: (file, reason) =>
+              console.error(`warning: ${cand.label} | ${set.name}: ${file}: ${reason}; left out`),
+            onPlan: (p) => {
+              if (p.tiles.length > 1 && !p.exact) {
+                console.error(`warning: ${cand.label}: tiles may differ at seams: ${p.note}`);
+              }
+            },
             onOutput: opts.save
               ? (file, sr) => Effect.promise(() => Image.write(`${dir}/${fileStem(file)}.png`, sr))
               : undefined,
           });
-          row.sets[set.name] = { psnr: s.psnr, ssim: s.ssim, images: s.images.length };
+          row.sets[set.name] = setScore(s);
+          for (const line of Evaluate.problems(s)) log(`  ${cand.label} | ${set.name}: ${line}`);
         }
       } finally {
         Tree.dispose(params);
@@ -301,10 +339,28 @@ export const program = (argv: ReadonlyArray<string>) =>
       console.log(`\n${warnings.length} image(s) left out:`);
       for (const w of warnings) console.log(`  ${w.set}: ${w.file}: ${w.reason}`);
     }
+    const bad = rows.flatMap((row) =>
+      Object.entries(row.sets).flatMap(([set, v]) =>
+        [
+          ...v.failed.map((p) => ["failed", p] as const),
+          ...v.flagged.map((p) => ["flagged", p] as const),
+        ]
+          .map(([what, p]) => `  ${row.model} | ${set}: ${p.file}: ${what}: ${p.reason}`)
+      )
+    );
+    if (bad.length > 0) console.log(`\n${bad.length} image(s) not scored:\n${bad.join("\n")}`);
     if (opts.save) console.log(`\nSR images written to ${opts.save}/`);
     return report;
   });
 
+/** 2 when some image failed or was flagged (the table says which), else 0. */
+export const exitCode = (r: Report | undefined): number =>
+  r?.rows.some((row) =>
+      Object.values(row.sets).some((s) => s.failed.length > 0 || s.flagged.length > 0)
+    )
+    ? 2
+    : 0;
+
 if (import.meta.main) {
-  await Main.run(program(Deno.args), { log: !Deno.args.includes("--json") });
+  await Main.run(program(Deno.args), { log: !Deno.args.includes("--json") }, { exitCode });
 }

@@ -1,10 +1,16 @@
 /**
- * `deno task train [--recipe <file or name>] [--steps N] [--out DIR] [--resume] [--seed N]`
+ * `deno task train [--recipe <file or name>] [--steps N] [--out DIR] [--resume | --force]
+ * [--seed N]`
  *
  * Runs a recipe: loads the data and the starting model, quantizes it, calibrates, trains with
  * progress lines, and prints the FP32 / before-QAT / after-QAT table. Writes
  * `<out>/metrics.jsonl`, `<out>/summary.json` and `<out>/checkpoint.bin`.
  * With no arguments it runs `recipes/default.ts` into `runs/default`.
+ *
+ * Before any data or model is loaded: the recipe is validated, `--out` must be a folder or
+ * creatable, and a run already in it is refused unless `--resume` (same recipe, up to the
+ * number of steps) or `--force` (its files are removed first); see `Train.prepareOut`. The
+ * patch size is checked against the training images as soon as they are loaded.
  *
  * @module
  */
@@ -26,15 +32,17 @@ const Options = z.object({
   seed: z.coerce.number().int().optional(),
   out: z.string().optional(),
   resume: z.literal(true).optional(),
+  force: z.literal(true).optional(),
   help: z.literal(true).optional(),
 }).strict();
 
-const USAGE =
-  `usage: deno task train [--recipe <file or name>] [--steps N] [--out DIR] [--resume] [--seed N]
+const USAGE = `usage: deno task train [--recipe <file or name>] [--steps N] [--out DIR] \
+[--resume | --force] [--seed N]
   --recipe   a recipe file (.ts exporting a Recipe as default) or a name under recipes/ (default: default)
   --steps    override the recipe's number of steps
   --out      output folder (default: runs/<recipe name>)
-  --resume   continue from <out>/checkpoint.bin
+  --resume   continue the run in <out> from its checkpoint.bin (same recipe; --steps may grow)
+  --force    replace a run already in <out> (its checkpoint, metrics and summary are removed)
   --seed     override the recipe's seed`;
 
 /** Loads a recipe from a file path or a name in `recipes/`, validated. */
@@ -63,15 +71,23 @@ export async function loadRecipe(spec: string): Promise<{ recipe: Recipe.Recipe;
 /** The whole `train` task as an Effect program. */
 export const program = (argv: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const opts = Args.parse(Options, argv, ["resume", "help"]);
+    const opts = Args.parse(Options, argv, ["resume", "force", "help"]);
     if (opts.help) {
       console.log(USAGE);
       return undefined;
     }
-    // Validate everything before any work.
+    if (opts.resume && opts.force) {
+      throw new Error(
+        "--resume and --force exclude each other: continue the run in --out, or replace it",
+      );
+    }
+    // Validate everything before any work: the recipe, then the output folder.
     const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
     const given = Recipe.override(loaded.recipe, { steps: opts.steps, seed: opts.seed });
     const out = opts.out ?? `runs/${given.name}`;
+    const resume = opts.resume === true;
+    const force = opts.force === true;
+    yield* Train.prepareOut(out, { resume, force, recipe: Recipe.toJSON(given) });
     const backend = yield* Backend.Backend;
     console.log(`recipe: ${given.name} (${loaded.source}) → ${out}`);
     const scale = given.model.scale;
@@ -83,11 +99,13 @@ export const program = (argv: ReadonlyArray<string>) =>
       i === n - 1 || i % 5 === 0
         ? console.log(`  ${what} ${i + 1}/${n} ${f.split("/").pop()}`)
         : undefined;
-    console.log(`loading training images from ${dir(given.data.train, "train")}`);
-    const train = yield* Data.load(dir(given.data.train, "train"), scale, {
+    const trainDir = dir(given.data.train, "train");
+    console.log(`loading training images from ${trainDir}`);
+    const train = yield* Data.load(trainDir, scale, {
       name: "train",
       onImage: progress("train"),
     });
+    yield* Train.checkPatch(given.train.patch, train, trainDir);
     const evalAll = yield* Data.load(dir(given.data.eval, "eval"), scale, {
       name: "eval",
       onImage: progress("eval"),
@@ -114,7 +132,7 @@ export const program = (argv: ReadonlyArray<string>) =>
       Recipe.toJSON(recipe),
       { fp32: built.model, params: built.params, quantized },
       { train, eval: evalSet },
-      { out, resume: opts.resume === true },
+      { out, resume, force },
     );
     console.log("");
     console.log(Train.table(summary, scale));

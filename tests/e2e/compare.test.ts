@@ -43,12 +43,25 @@ Deno.test("compare runs each method, prints one table, writes files, and resumes
   await Deno.remove(`${out}/ddtb/summary.json`);
   const again = await compare(["--methods", methods.join(","), "--out", out, "--json"]);
   const parsed = JSON.parse(again.stdout) as {
-    rows: Array<{ method: string; psnr: number; ssim: number; storageK: number; bitopsT: number }>;
+    rows: Array<
+      {
+        method: string;
+        psnr: number;
+        ssim: number;
+        storageK: number;
+        bitopsT: number;
+        flagged?: string;
+      }
+    >;
   };
   assertEquals(parsed.rows.map((r) => r.method), ["fp32", ...methods]);
+  // The tiny models are barely trained: a score is a number or flagged with its reason.
   for (const r of parsed.rows) {
-    for (const k of ["psnr", "ssim", "storageK", "bitopsT"] as const) {
+    for (const k of ["storageK", "bitopsT"] as const) {
       assert(Number.isFinite(r[k]), `${r.method}.${k}`);
+    }
+    for (const k of ["psnr", "ssim"] as const) {
+      assert(Number.isFinite(r[k]) || (r[k] === null && r.flagged), `${r.method}.${k}`);
     }
   }
   assertEquals(parsed.rows.map((r) => r.psnr), saved.rows.map((r: { psnr: number }) => r.psnr));
@@ -66,7 +79,9 @@ Deno.test("compare runs each method, prints one table, writes files, and resumes
 Deno.test("compare --ablation runs Table 7 (a)–(e)", async () => {
   const out = await Deno.makeTempDir();
   const { stdout } = await compare(["--ablation", "--out", out, "--json"]);
-  const parsed = JSON.parse(stdout) as { rows: Array<{ method: string; psnr: number }> };
+  const parsed = JSON.parse(stdout) as {
+    rows: Array<{ method: string; psnr: number | null; flagged?: string }>;
+  };
   assertEquals(parsed.rows.map((r) => r.method), ["fp32", "a", "b", "c", "d", "e"]);
-  assert(parsed.rows.every((r) => Number.isFinite(r.psnr)));
+  assert(parsed.rows.every((r) => Number.isFinite(r.psnr) || (r.psnr === null && r.flagged)));
 });

@@ -109,7 +109,9 @@ Deno.test("eval --json with a quantized checkpoint and --save: pure JSON, rows, 
       "--save",
       `${out}/sr`,
     ]);
-    assertEquals(r.code, 0, r.stdout + r.stderr);
+    // The checkpoint's model is untrained (random weights): its outputs are flagged as far
+    // below bicubic, its set has no score, and the exit code says so.
+    assertEquals(r.code, 2, r.stdout + r.stderr);
     const report = JSON.parse(r.stdout);
     const name = set.split("/").pop()!;
     assertEquals(report.rows.map((x: { model: string }) => x.model), [
@@ -118,10 +120,18 @@ Deno.test("eval --json with a quantized checkpoint and --save: pure JSON, rows, 
       "esrgan-slim (pretrained)",
     ]);
     assertEquals([report.scale, report.ssim], [4, "valid"]);
-    for (const row of report.rows) {
+    for (const [i, row] of report.rows.entries()) {
       const s = row.sets[name];
-      assert(Number.isFinite(s.psnr) && s.ssim > 0 && s.ssim <= 1, JSON.stringify(row));
       assertEquals(s.images, 2);
+      if (i === 1) {
+        assertEquals([s.psnr, s.ssim], [null, null]);
+        assertGreater(s.flagged.length, 0);
+        assertMatch(s.flagged[0].reason, /far below bicubic/);
+        assert(Number.isFinite(s.flagged[0].psnr), "a flagged image keeps its own numbers");
+      } else {
+        assert(Number.isFinite(s.psnr) && s.ssim > 0 && s.ssim <= 1, JSON.stringify(row));
+        assertEquals(s.flagged, []);
+      }
     }
     assertEquals(report.rows[1].wbits, 4);
     assertGreater(report.rows[2].sets[name].psnr, report.rows[0].sets[name].psnr);
