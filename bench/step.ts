@@ -12,18 +12,46 @@
  * PyTorch numbers come from bench/reference/step.py, run with `/usr/bin/python3`; they are
  * skipped (null, with a note) when python3 or torch is missing. PyTorch is never a dependency.
  *
- *   deno run -A bench/step.ts [--quick] [--json]
+ *   deno run -A bench/step.ts [--quick] [--json] [--profile] [--replay] [--torch] [--rows TEXT]
+ *                             [--no-stock] [--help]
  *
  * `--quick`: tiny EDSR only. `--json`: prints only `{"rows": [{"name", "ours_s", "stock_s",
- * "pytorch_s"}]}` on stdout (null where skipped); notes go to stderr.
+ * "pytorch_s"}]}` on stdout (null where skipped; with `--profile`, each row also has its
+ * `profile`); notes go to stderr. `--rows TEXT`: only the rows whose name contains TEXT
+ * (`--rows "EDSR-baseline W2A2 ODM"`). `--no-stock`: skip tfjs's stock kernels.
+ *
+ * `--profile`: with our kernels only, after the timed steps of a row one more step runs under
+ * the profiler (lib/internal/kernels/profile.ts) and its table is printed: milliseconds and
+ * share of the step per kernel family (conv forward / input grad / weight grad, matmul,
+ * element-wise, reductions, layout, fake-quant, quantile, merge, optimizer), the gaps between
+ * dispatches, and the wall time outside the GPU's span (host start-up and the read-back wait).
+ * From per-dispatch GPU timestamps where the adapter has `timestamp-query`, else (or with
+ * `--replay`) from replaying each family's dispatches as one timed submit. The PyTorch reference
+ * is skipped under `--profile` unless `--torch` is given.
  */
+import * as tf from "@tensorflow/tfjs";
+import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import * as Backend from "../lib/Backend.ts";
 import * as Kernels from "../lib/Kernels.ts";
+import * as Profile from "../lib/internal/kernels/profile.ts";
+import * as Methods from "../lib/methods/mod.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import { stepper } from "./_stepper.ts";
 
+if (Deno.args.includes("--help") || Deno.args.includes("-h")) {
+  // The module comment above is the help text.
+  const text = await Deno.readTextFile(new URL(import.meta.url));
+  const doc = text.slice(text.indexOf("/**") + 3, text.indexOf("*/"));
+  console.log(doc.split("\n").map((l) => l.replace(/^ \* ?/, "")).join("\n").trim());
+  Deno.exit(0);
+}
 const quick = Deno.args.includes("--quick");
 const json = Deno.args.includes("--json");
+const profile = Deno.args.includes("--profile");
+const replay = Deno.args.includes("--replay");
+const noStock = Deno.args.includes("--no-stock") || profile;
+const rowsAt = Deno.args.indexOf("--rows");
+const only = rowsAt >= 0 ? Deno.args[rowsAt + 1] : undefined;
 /** Human output (stdout), silent under `--json`. */
 const say = (line: string) => {
   if (!json) console.log(line);
@@ -33,6 +61,11 @@ const note = (line: string) => (json ? console.error(line) : console.log(line));
 
 const info = await Backend.initialize({ log: false });
 say(`backend: ${info.name} (${info.adapter})`);
+if (profile && info.name === "webgpu" && !replay) {
+  // The profile reads GPU timestamps: a device with timestamp-query, before any tensor exists.
+  const ok = await Profile.enableTimestamps();
+  note(ok ? "profile: GPU timestamps" : "profile: no timestamp-query, timing dispatch groups");
+}
 
 type Method = "fp32" | "plain" | "odm";
 
@@ -49,14 +82,12 @@ function recipeOf(
   batch: number,
   patch: number,
 ): Recipe.Recipe {
-  const quant: Recipe.Input["quant"] = method === "fp32"
-    ? { wbits: 32, abits: 32 }
-    : method === "plain"
-    ? { wbits: 2, abits: 2, weightRange: "learnable", activationRange: "learnable" }
-    : { wbits: 2, abits: 2, weightRange: "clipCorrected", activationRange: "learnable" };
+  const quant = method === "fp32" ? { wbits: 32, abits: 32 } : { wbits: 2, abits: 2 };
   return Recipe.parse({
     name: `step-${method}`,
     model,
+    // plain: learnable u_w, no regulariser (Table 7 a); odm: WCC + the cooperative merge.
+    method: method === "plain" ? Methods.ablation.a : "odm",
     quant,
     regularizer: { merge: method === "odm" ? "cooperative" : "reconstruction" },
     train: { steps: 1, batch, patch },
@@ -98,6 +129,7 @@ interface Row {
   ours_s: number | null;
   stock_s: number | null;
   pytorch_s: number | null;
+  profile?: Profile.Profile;
 }
 
 const PYTHON = "/usr/bin/python3";
@@ -152,22 +184,34 @@ for (const c of quick ? configs.slice(0, 1) : configs) {
       stock_s: null,
       pytorch_s: null,
     };
-    for (const which of ["stock", "ours"] as const) {
+    if (only !== undefined && !row.name.includes(only)) continue;
+    for (const which of noStock ? ["ours"] as const : ["stock", "ours"] as const) {
       Kernels.install(info, which);
       const st = await stepper(
         recipeOf(c.model as Recipe.Input["model"], method, c.batch, c.patch),
       );
       const t = await seconds(st.run, c.n[which]);
-      st.dispose();
       row[which === "ours" ? "ours_s" : "stock_s"] = t;
       note(`  ${LABEL[method]} ${which}: ${t.toFixed(2)} s/step`);
+      if (profile && which === "ours" && info.name === "webgpu") {
+        const p = new Profile.Profiler(tf.backend() as WebGPUBackend, { replay });
+        p.start();
+        await st.run();
+        row.profile = await p.stop();
+        say(`\nprofile of one ${row.name} step (${info.adapter}):`);
+        say(Profile.table(row.profile));
+        say("");
+      }
+      st.dispose();
     }
     rows.push(row);
   }
 }
 Kernels.install(info);
 
-const torchSeconds = await pytorch(quick ? 300 : 900);
+const torchSeconds = profile && !Deno.args.includes("--torch")
+  ? undefined
+  : await pytorch(quick ? 300 : 900);
 for (const r of rows) r.pytorch_s = torchSeconds?.get(r.name) ?? null;
 
 if (json) {
@@ -188,9 +232,11 @@ if (json) {
     );
   }
   for (const c of quick ? configs.slice(0, 1) : configs) {
-    const get = (m: Method) => rows.find((r) => r.name === `${c.name} ${LABEL[m]}`)!;
-    const ours = ratio(get("odm").ours_s, get("fp32").ours_s);
-    const torch = ratio(get("odm").pytorch_s, get("fp32").pytorch_s);
+    const get = (m: Method) => rows.find((r) => r.name === `${c.name} ${LABEL[m]}`);
+    const odm = get("odm"), fp32 = get("fp32");
+    if (!odm || !fp32) continue;
+    const ours = ratio(odm.ours_s, fp32.ours_s);
+    const torch = ratio(odm.pytorch_s, fp32.pytorch_s);
     console.log(
       `${c.name} ODM/FP32 step time: ours ${f(ours)}×` +
         (torch === null ? "" : `, PyTorch ${f(torch)}×`),

@@ -28,6 +28,7 @@ import { Context, Data, Effect, Layer } from "effect";
 import * as Conformance from "./Conformance.ts";
 import * as Kernels from "./Kernels.ts";
 import * as Native from "./internal/kernels/native.ts";
+import { gpuOf } from "./internal/kernels/register.ts";
 
 /** The backends the project runs on. */
 export type Name = "webgpu" | "cpu";
@@ -324,3 +325,47 @@ export const layer = (options: Options = {}): Layer.Layer<Backend, BackendUnavai
           : new BackendUnavailable({ requested: options.prefer ?? "webgpu", reason: String(e) }),
     }),
   );
+
+/** The parts of tfjs-webgpu's (4.22.0) buffer pool that {@link releaseMemory} empties. */
+interface BufferPool {
+  readonly bufferManager?: {
+    freeBuffers: Map<string, GPUBuffer[]>;
+    numFreeBuffers: number;
+    numBytesAllocated: number;
+  };
+  readonly commandEncoder?: unknown;
+  endComputePassEncoder?: () => void;
+  submitQueue?: () => void;
+}
+
+/**
+ * Destroys the GPU memory kept for reuse after its tensors were freed: tfjs's buffer pool and
+ * the scratch pool of our kernels (`Gpu.trim`); returns the bytes of tfjs's pool released.
+ * Neither pool gives memory back on its own, so one evaluation of full-size images leaves its
+ * largest maps allocated for the rest of the process (measured on the default job: 1.42 GB
+ * resident after the FP32 evaluation, 0.42 GB after this). Pending work is submitted first, so
+ * no recorded command refers to a destroyed buffer. A no-op on `cpu`.
+ */
+export function releaseMemory(): number {
+  if (tf.getBackend() !== "webgpu") return 0;
+  const b = tf.backend() as unknown as BufferPool;
+  const pool = b.bufferManager;
+  if (!pool) return 0;
+  if (b.commandEncoder) {
+    b.endComputePassEncoder?.();
+    b.submitQueue?.();
+  }
+  let bytes = 0;
+  // Empty each list but keep its key: tfjs's releaseBuffer pools nothing once the map is empty.
+  for (const list of pool.freeBuffers.values()) {
+    for (const buffer of list) {
+      bytes += buffer.size;
+      buffer.destroy();
+    }
+    list.length = 0;
+  }
+  pool.numFreeBuffers = 0;
+  pool.numBytesAllocated -= bytes;
+  gpuOf(tf.backend()).trim();
+  return bytes;
+}

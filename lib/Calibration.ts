@@ -41,7 +41,7 @@ export const sampling = (batch: Data.BatchOptions): Data.BatchOptions => ({
 export const calibrate = (
   model: Nn.AnyLayer,
   params: Params,
-  ds: Data.Dataset,
+  ds: Data.Training,
   opts: Options,
 ): Effect.Effect<Params> =>
   Effect.gen(function* () {

@@ -5,6 +5,7 @@
  * refused instead of training silently wrong (issue 11: GL llvmpipe summed 16 tensors to 120).
  *
  * The checks: a sum of more tensors than the adapter can bind (tfjs's AddN), a long reduction,
+ * casts of integers to float32 fed to a transpose and a reduction (tfjs's Cast),
  * a 3×3 conv with both its gradients (our Conv2D / Conv2DBackpropInput / Conv2DBackpropFilter),
  * a matmul with a transpose, the fused fake-quant of Eq. 1 with its three gradients, and two
  * gradients from one recorded forward pass (lib/internal/tape.ts, as the ODM step uses it).
@@ -57,6 +58,16 @@ export const checks: ReadonlyArray<Check> = [
   {
     name: "reduction (sum of 100000 values)",
     run: () => [tf.sum(tf.tensor1d(values(100_000, 7)))],
+  },
+  {
+    // tfjs-webgpu relabels integer buffers as float32 in Cast (lib/internal/kernels/cast.ts).
+    name: "cast to float32, then transpose and reduce over leading axes",
+    run: () => {
+      const x = tf.add(t4([2, 4, 5, 3], 11), 0); // computed on the device, not uploaded
+      const c = tf.cast(tf.greater(x, 0), "float32");
+      const i = tf.cast(tf.cast(tf.mul(x, 10), "int32"), "float32");
+      return [tf.sum(c, [1, 2]), tf.transpose(c, [0, 3, 1, 2]), tf.mean(i, [1, 2])];
+    },
   },
   {
     name: "conv2d 3×3 and both gradients",

@@ -113,6 +113,13 @@ export interface Stats {
    * reach (the FP head, tail and upsampler get g_M = 0) cannot conflict and are not counted.
    */
   readonly conflict: tf.Scalar;
+  /**
+   * `‖g − λ_R g_R‖ / ‖g_R‖` over the merged parameters: the size of the regulariser's share of
+   * the update next to the reconstruction gradient (`‖λ_M·sim·g_M‖/‖g_R‖` under Eq. 6), after
+   * the merge and before the optimizer. Under Adam only this relative size matters. 0 when the
+   * rule reads no g_M.
+   */
+  readonly ratio: tf.Scalar;
 }
 
 /**
@@ -142,26 +149,44 @@ export function combine(
       for (const [p, g] of reconstructionOnly({ lambdaR: merge.lambdaR }).merge(own, own)) {
         grads.set(p, g);
       }
-      return { grads, stats: { cosine: tf.scalar(0), conflict: tf.scalar(0) } };
+      return {
+        grads,
+        stats: { cosine: tf.scalar(0), conflict: tf.scalar(0), ratio: tf.scalar(0) },
+      };
     }
     const aux = new Map([...own.keys()].map((p) => {
       const m = gM.get(p);
       if (!m) throw new Error(`combine: the auxiliary stream has no gradient for "${p}"`);
       return [p, m] as const;
     }));
-    for (const [p, g] of merge.merge(own, aux)) grads.set(p, g);
+    const merged = merge.merge(own, aux);
+    for (const [p, g] of merged) grads.set(p, g);
     const stats = withStats
-      ? statistics(own, aux)
-      : { cosine: tf.scalar(0), conflict: tf.scalar(0) };
+      ? { ...statistics(own, aux), ratio: ratio(own, merged, merge.lambdaR) }
+      : { cosine: tf.scalar(0), conflict: tf.scalar(0), ratio: tf.scalar(0) };
     return { grads, stats };
   };
+}
+
+/** `‖g − λ_R g_R‖ / ‖g_R‖` over the parameters of `gR` (see {@link Stats.ratio}). */
+export function ratio(gR: Tree.Flat, merged: Tree.Flat, lambdaR: number): tf.Scalar {
+  return tf.tidy(() => {
+    const paths = [...gR.keys()];
+    if (paths.length === 0) return tf.scalar(0);
+    const sq = (t: tf.Tensor) => tf.sum(tf.square(t));
+    const extra = tf.addN(
+      paths.map((p) => sq(tf.sub(merged.get(p)!, tf.mul(gR.get(p)!, lambdaR)))),
+    );
+    const base = tf.addN(paths.map((p) => sq(gR.get(p)!)));
+    return tf.div(tf.sqrt(extra), tf.add(tf.sqrt(base), EPS)) as tf.Scalar;
+  });
 }
 
 /**
  * Mean per-tensor cosine (over tensors with g_M ≠ 0) and the fraction of opposite signs among
  * the entries where both streams are non-zero.
  */
-export function statistics(gR: Tree.Flat, gM: Tree.Flat): Stats {
+export function statistics(gR: Tree.Flat, gM: Tree.Flat): Omit<Stats, "ratio"> {
   return tf.tidy(() => {
     const cosines: tf.Tensor[] = [];
     const present: tf.Tensor[] = [];

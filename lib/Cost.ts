@@ -30,9 +30,11 @@
  *   other parameter: biases, FP layers, quantizer parameters l, u, γ) / 1000. Quantizer
  *   parameters are counted from each quantizer's own `defaults()` (ODM: γ for the weights, l
  *   and u for the inputs: 3 per layer); a quantizer at 32 bits stores nothing.
- * - **Run-time quantizer arithmetic**: an input quantizer with a `runtimeFlops(elements,
- *   channels)` function (DAQ's per-image channel statistics, `Baselines.RuntimeCost`) adds
- *   those FLOPs to its layer, at 32·32 bits. ODM's layer-wise static quantizers add nothing.
+ * - **A quantizer's own cost**: a quantizer with a `cost` (`Quantizer.Overhead`) is charged
+ *   what it says instead of its parameter count: DAQ's per-image channel statistics (2 FP32
+ *   operations per value, which gives the paper's +0.5T on EDSR W2A2), DDTB's gates (stored
+ *   and run at their own 2 bits, their BN at 32). ODM's layer-wise static quantizers add only
+ *   their parameters (γ, l, u) at 32 bits.
  *
  * How close it lands (×4, 1920×1080 output, ODM quantizers; `deno task cost`):
  *
@@ -149,11 +151,17 @@ function quantizerParams(q: Quantizer.Any | undefined): number {
   return n;
 }
 
-/** FLOPs a quantizer spends at run time on an input of `elements` values (0 for most). */
-function runtimeFlops(q: Quantizer.Any | undefined, elements: number, channels: number): number {
-  if (!q || q.bits >= 32) return 0;
-  const f = (q as { runtimeFlops?: unknown }).runtimeFlops;
-  return typeof f === "function" ? (f as (e: number, c: number) => number)(elements, channels) : 0;
+/**
+ * What a quantizer stores and computes beyond its layer: its own `cost` where it has one
+ * (DDTB's gates, DAQ's run-time statistics), else its parameters at 32 bits and nothing run.
+ */
+function overhead(
+  q: Quantizer.Any | undefined,
+  elements: number,
+  channels: number,
+): Quantizer.Overhead {
+  if (!q || q.bits >= 32) return { storage: 0, flops: 0, bitops: 0 };
+  return q.cost?.({ elements, channels }) ?? { storage: quantizerParams(q), flops: 0, bitops: 0 };
 }
 
 interface Size {
@@ -210,8 +218,13 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
     const q = Quant.isQuantized(layer) ? layer : undefined;
     const inner = q ? q.inner : layer;
     const wbits = Math.min(32, q?.spec.weight?.bits ?? 32);
-    const abits = Math.min(32, q?.spec.input?.bits ?? 32);
-    const qp = q ? quantizerParams(q.spec.weight) + quantizerParams(q.spec.input) : 0;
+    const abits = Math.min(32, q?.spec.input?.bits ?? q?.spec.inputBits ?? 32);
+    const pixels = size.height * size.width;
+    const own = [
+      overhead(q?.spec.weight, 0, 0),
+      overhead(q?.spec.input, pixels * (inner.inChannels as number), inner.inChannels as number),
+    ];
+    const qp = own[0].storage + own[1].storage;
     const base = {
       path,
       kind: inner.kind,
@@ -220,8 +233,10 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
       wbits,
       abits,
     };
-    const pixels = size.height * size.width;
-    const extra = runtimeFlops(q?.spec.input, pixels * base.inChannels, base.inChannels);
+    // The run-time arithmetic of a dynamic activation quantizer (DAQ, DDTB's gate), with the
+    // bit-widths its own `cost` gives.
+    const extra = own[1].flops;
+    const extraBitops = own[1].bitops;
     // A conv or linear layer with `weights` weights per output pixel (token): 2·MACs FLOPs,
     // one bias add per output element (at 32 bits unless `bias: "layer"`), and the run-time
     // statistics of a dynamic activation quantizer (DAQ) at 32 bits.
@@ -238,7 +253,7 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
         macs,
         flops: 2 * macs + adds + extra,
         bitops: 2 * macs * wbits * abits + adds * (bias === "fp" ? 32 * 32 : wbits * abits) +
-          extra * 32 * 32,
+          extraBitops,
       });
       return size;
     };
@@ -277,7 +292,8 @@ export function of(model: Nn.AnyLayer, opts: Options): Result {
       }
       case "relu":
       case "gelu":
-        out.push({ ...base, ...size, ...zero(qp) });
+      case "point": // an identity mark: its activation quantizer's parameters and arithmetic
+        out.push({ ...base, ...size, ...zero(qp), flops: extra, bitops: extraBitops });
         return size;
       default: {
         const n = Nn.parameterCount(inner) + qp;

@@ -64,6 +64,8 @@ export interface Options {
   readonly onFailure?: (file: string, reason: string) => void;
   /** Called with each image's tiling plan. */
   readonly onPlan?: (p: Tile.Plan) => void;
+  /** The training step of the parameters (see `Tile.Options.step`). */
+  readonly step?: number;
 }
 
 /**
@@ -158,7 +160,12 @@ export const evaluate = (
   params: Params,
   ds: Data.Dataset,
   opts: Options = {},
-) => scoreWith(ds, (lr) => superResolve(model, params, lr, { onPlan: opts.onPlan }), opts);
+) =>
+  scoreWith(
+    ds,
+    (lr) => superResolve(model, params, lr, { onPlan: opts.onPlan, step: opts.step }),
+    opts,
+  );
 
 /** Scores bicubic upscaling on a dataset (the reference row of SR tables). */
 export const bicubic = (ds: Data.Dataset, opts: Options = {}) =>

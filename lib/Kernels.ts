@@ -12,6 +12,12 @@
  *   textures on software adapters, storage buffers on GPUs) are chosen from the adapter.
  * - {@link fakeQuant} is one kernel forward and one elementwise pass plus a reduction backward,
  *   on `webgpu` and (same code path, plain JS) on `cpu`.
+ * - Fusions on the training step's hot path (issue 18; shares from `bench/step.ts --profile`):
+ *   `FusedConv2D` (what `Nn.conv2d` runs) adds the bias, and a ReLU where tfjs fuses one, in
+ *   our conv kernel's epilogue; `Sum` over every axis but the last (every bias gradient) is a
+ *   sliced column sum instead of tfjs's transpose + per-channel reduction; {@link adamUpdate}
+ *   is one kernel per parameter tensor; {@link diffNorm} is the mismatch term's norm in one
+ *   pass, its gradient in one more. Each has a cpu twin or falls back to the composite ops.
  *
  * @module
  */
@@ -20,6 +26,9 @@ import type * as Backend from "./Backend.ts";
 import * as Register from "./internal/kernels/register.ts";
 import * as Tuning from "./internal/kernels/tuning.ts";
 import * as FQ from "./internal/kernels/fake_quant.ts";
+import * as AdamKernel from "./internal/kernels/adam.ts";
+import * as DiffNorm from "./internal/kernels/diff_norm.ts";
+import { installCast } from "./internal/kernels/cast.ts";
 import * as Limits from "./internal/kernels/limits.ts";
 
 /** Which conv and matmul kernels run on `webgpu`: ours (default) or tfjs's stock ones. */
@@ -41,10 +50,15 @@ export function defaultWhich(): Which {
 export function install(info: Backend.Info, which: Which = defaultWhich()): void {
   // Correctness first, whichever kernels run: tfjs's AddN ignores the adapter's binding limit.
   Limits.installAddN();
+  // And its Cast to float32, which relabels integer buffers instead of converting them.
+  installCast(Register.gpuOf, (b) => Register.gpuOf(b).endOp(Register.state.batch));
   if (info.name === "webgpu" && tf.getBackend() === "webgpu") Limits.guardPrograms(tf.backend());
   Register.installFakeQuant();
+  Register.installAdam();
+  Register.installDiffNorm();
   Register.installConv();
   Register.installMatMul();
+  Register.installSum();
   Register.state.which = which;
   Register.state.batch = submitBatch();
   Register.state.tuning = info.name === "webgpu" ? Tuning.choose(info) : undefined;
@@ -108,4 +122,45 @@ export function fakeQuant(
   }
   Register.installFakeQuant();
   return tf.engine().runKernel(FQ.FAKE_QUANT, { x, lower, upper }, { bits }) as tf.Tensor;
+}
+
+/**
+ * One Adam step for one parameter tensor as one fused kernel (lib/internal/kernels/adam.ts):
+ * returns `[Δ, m', v']` with `m' = m·β1 + g·(1−β1)`, `v' = v·β2 + g²·(1−β2)` and
+ * `Δ = m' / (√(v'·c) + ε) · (−a)`; `a = lr/(1−β1^t)`, `c = 1/(1−β2^t)`. On a backend without
+ * the kernel (neither webgpu nor cpu) it computes the same composite with tfjs ops.
+ */
+export function adamUpdate(
+  g: tf.Tensor,
+  m: tf.Tensor,
+  v: tf.Tensor,
+  o: AdamKernel.AdamAttrs,
+): [tf.Tensor, tf.Tensor, tf.Tensor] {
+  Register.installAdam();
+  if (tf.getKernel(AdamKernel.ADAM, tf.getBackend()) && g.dtype === "float32") {
+    return tf.engine().runKernel(
+      AdamKernel.ADAM,
+      { g, m, v },
+      o as unknown as tf.NamedAttrMap,
+    ) as [tf.Tensor, tf.Tensor, tf.Tensor];
+  }
+  const m1 = tf.add(tf.mul(m, o.b1), tf.mul(g, 1 - o.b1));
+  const v1 = tf.add(tf.mul(v, o.b2), tf.mul(tf.square(g), 1 - o.b2));
+  return [tf.mul(tf.div(m1, tf.add(tf.sqrt(tf.mul(v1, o.c)), o.eps)), -o.a), m1, v1];
+}
+
+/**
+ * `√(Σ (x − q)² + eps)` as one op (lib/internal/kernels/diff_norm.ts), with the gradients
+ * `dx = dy·(x − q)/n` and `dq = −dx`; on a backend without the kernel, the same composite with
+ * tfjs ops. `x` and `q` have one shape.
+ */
+export function diffNorm(x: tf.Tensor, q: tf.Tensor, eps: number): tf.Scalar {
+  Register.installDiffNorm();
+  if (x.shape.join(",") !== q.shape.join(",")) {
+    throw new Error(`diffNorm: shapes [${x.shape}] and [${q.shape}] differ`);
+  }
+  if (tf.getKernel(DiffNorm.DIFF_NORM, tf.getBackend()) && x.dtype === "float32") {
+    return tf.engine().runKernel(DiffNorm.DIFF_NORM, { x, q }, { eps }) as tf.Scalar;
+  }
+  return tf.sqrt(tf.add(tf.sum(tf.square(tf.sub(x, q))), eps)) as tf.Scalar;
 }

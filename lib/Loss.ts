@@ -6,6 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import * as Kernels from "./Kernels.ts";
 import type * as Nn from "./Nn.ts";
 import * as Ste from "./Ste.ts";
 
@@ -28,10 +29,11 @@ export function mismatch(
 ): tf.Scalar {
   if (taps.length === 0) return tf.scalar(0);
   const detach = opts.detach ?? true;
-  const norms = taps.map((t) => {
-    const e = tf.sub(t.x, detach ? Ste.stopGradient(t.q) : t.q);
-    return tf.sqrt(tf.add(tf.sum(tf.square(e)), NORM_EPSILON));
-  });
+  // ‖X − q(X)‖ as one fused op (sub, square, sum, add and sqrt in one pass; its gradient in
+  // one more): lib/Kernels.ts `diffNorm`.
+  const norms = taps.map((t) =>
+    Kernels.diffNorm(t.x, detach ? Ste.stopGradient(t.q) : t.q, NORM_EPSILON)
+  );
   return tf.addN(norms) as tf.Scalar;
 }
 

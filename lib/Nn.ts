@@ -35,8 +35,16 @@ export interface Ctx {
   readonly path: string;
   /** Receives the input activations of quantized layers. */
   readonly tap?: (t: Tap) => void;
-  /** Receives the input of layers wrapped by {@link observeAt} (distillation features). */
+  /**
+   * Receives the input of layers wrapped by {@link observeAt} (distillation features) and
+   * tensors that layers or quantizers report by path (DDTB's gate logits at `….aq.gate`).
+   */
   readonly observe?: (path: string, x: tf.Tensor) => void;
+  /**
+   * Receives new values of buffers (batch-norm running statistics) computed in a training
+   * forward pass, by full parameter path; the training step stores them in the next state.
+   */
+  readonly buffer?: (path: string, value: tf.Tensor) => void;
 }
 
 /** A context for a forward pass at the root of a model. */
@@ -46,8 +54,16 @@ export const context = (
     readonly step?: number;
     readonly tap?: (t: Tap) => void;
     readonly observe?: (path: string, x: tf.Tensor) => void;
+    readonly buffer?: (path: string, value: tf.Tensor) => void;
   } = {},
-): Ctx => ({ mode, step: opts.step ?? 0, path: "", tap: opts.tap, observe: opts.observe });
+): Ctx => ({
+  mode,
+  step: opts.step ?? 0,
+  path: "",
+  tap: opts.tap,
+  observe: opts.observe,
+  buffer: opts.buffer,
+});
 
 /** The context for a child named `name`. */
 export const childContext = (ctx: Ctx, name: string): Ctx => ({
@@ -157,8 +173,18 @@ export function conv2d<const I extends number, const O extends number>(
       if (lastDim(x) !== o.in) {
         throw new Error(`conv2d expects ${o.in} input channels, got shape [${x.shape}]`);
       }
-      const y = tf.conv2d(x as tf.Tensor4D, Tree.leaf<tf.Tensor4D>(p, "weight"), 1, "same");
-      return bias ? tf.add(y, Tree.leaf(p, "bias")) : y;
+      const weight = Tree.leaf<tf.Tensor4D>(p, "weight");
+      if (!bias) return tf.conv2d(x as tf.Tensor4D, weight, 1, "same");
+      // conv + bias as one op (FusedConv2D): on webgpu the bias is added in our conv kernel's
+      // epilogue (lib/internal/kernels/register.ts); the gradients are conv2d's and the bias's
+      // sum over N, H, W, as for the separate add.
+      return tf.fused.conv2d({
+        x: x as tf.Tensor4D,
+        filter: weight,
+        strides: 1,
+        pad: "same",
+        bias: Tree.leaf(p, "bias"),
+      });
     },
   });
 }
@@ -366,23 +392,69 @@ export function repeat<C extends number>(n: number, make: (i: number) => Layer<C
 }
 
 /**
- * `x + resScale · inner(x)`. Transparent for parameter paths: the inner layer's children are
- * this layer's children.
+ * An identity layer that marks a place in the data flow (the skip path of a residual block,
+ * a block's input): a quantization scheme can wrap it with an activation quantizer
+ * (`Quant.wrap` with `input` only), which then quantizes the tensor in the data path itself,
+ * as PAMS and DDTB place theirs. Unwrapped it costs nothing and has no parameters.
  */
-export function residual<C extends number>(inner: Layer<C, NoInfer<C>>, resScale = 1): Layer<C, C> {
+export function point<const C extends number>(channels: C): Layer<C, C> {
+  checkChannels(channels, "point channels");
+  return leafLayer({
+    kind: "point",
+    inChannels: channels,
+    outChannels: channels,
+    meta: {},
+    init: () => ({}),
+    apply: (_p, x) => x,
+  });
+}
+
+/** The marked places of a {@link residual}: its input, its skip path and its body output. */
+export interface ResidualPoints {
+  /** Applied to the block input; both paths read its output (RDN's RDB input, PAMS `act1`). */
+  readonly input?: AnyLayer;
+  /** Applied on the skip path only (EDSR's block shortcut, PAMS `quant_act1`). */
+  readonly skip?: AnyLayer;
+  /** Applied to the scaled body output before the add (PAMS `quant_act3`). */
+  readonly out?: AnyLayer;
+}
+
+const POINT_NAMES = ["input", "skip", "out"] as const;
+
+/**
+ * `skip(y) + out(resScale · inner(y))` with `y = input(x)` (the points default to identity, so
+ * plainly `x + resScale · inner(x)`). Transparent for parameter paths: the inner layer's
+ * children are this layer's children, followed by the points named `input`, `skip`, `out`.
+ */
+export function residual<C extends number>(
+  inner: Layer<C, NoInfer<C>>,
+  resScale = 1,
+  points: ResidualPoints = {},
+): Layer<C, C> {
+  const own = POINT_NAMES.flatMap((n) => (points[n] ? [[n, points[n]!] as const] : []));
+  const at = (name: (typeof POINT_NAMES)[number], p: Params, x: tf.Tensor, ctx: Ctx) => {
+    const l = points[name];
+    return l ? l.apply((p[name] as Params | undefined) ?? {}, x, childContext(ctx, name)) : x;
+  };
   return {
     kind: "residual",
     inChannels: inner.inChannels,
     outChannels: inner.outChannels,
     name: inner.name,
-    children: inner.children,
+    children: [...inner.children, ...own],
     meta: { resScale },
-    init: inner.init,
+    init: (key) => ({ ...inner.init(key), ...initChildren(own, key) }),
     apply: (p, x, ctx) => {
-      const y = inner.apply(p, x, ctx);
-      return tf.add(x, resScale === 1 ? y : tf.mul(y, resScale));
+      const y = at("input", p, x, ctx);
+      const body = inner.apply(p, y, ctx);
+      const scaled = resScale === 1 ? body : tf.mul(body, resScale);
+      return tf.add(at("skip", p, y, ctx), at("out", p, scaled, ctx));
     },
-    rebuild: (children) => residual(inner.rebuild(children), resScale),
+    rebuild: (children) => {
+      const n = inner.children.length;
+      const next = Object.fromEntries(children.slice(n)) as ResidualPoints;
+      return residual(inner.rebuild(children.slice(0, n)), resScale, next);
+    },
   };
 }
 
@@ -457,10 +529,17 @@ export interface DenseOptions<I extends number> {
   readonly layers: number;
   /** Square kernel size of the convs (default 3). */
   readonly kernel?: number;
+  /** Mark the input of every step after the first with a {@link point} `in<c>` (default false). */
+  readonly points?: boolean;
 }
 
+/** The name of the point before dense step `c` (step 0 has none: the block input is its own). */
+const densePoint = (c: number) => `in${c}`;
+
 function denseOf(inChannels: number, growth: number, children: ReadonlyArray<Child>): AnyLayer {
-  children.forEach(([name, l], c) => {
+  const steps = children.filter(([name]) => !name.startsWith("in"));
+  const points = new Map(children.filter(([name]) => name.startsWith("in")));
+  steps.forEach(([name, l], c) => {
     if (l.inChannels !== inChannels + c * growth || l.outChannels !== growth) {
       throw new Error(
         `denseBlock: step ${name} must map ${inChannels + c * growth} → ${growth} channels, ` +
@@ -471,13 +550,20 @@ function denseOf(inChannels: number, growth: number, children: ReadonlyArray<Chi
   return {
     kind: "denseBlock",
     inChannels,
-    outChannels: inChannels + children.length * growth,
+    outChannels: inChannels + steps.length * growth,
     children,
     meta: { growth },
     init: (key) => initChildren(children, key),
     apply: (p, x, ctx) => {
       let features = x;
-      for (const [name, l] of children) {
+      for (const [c, [name, l]] of steps.entries()) {
+        // The point before step c replaces the features that step c and all later steps read
+        // (PAMS/DDTB quantize the concatenation there: `x = self.act(x)` for i > 0).
+        const mark = points.get(densePoint(c));
+        if (mark) {
+          const n = densePoint(c);
+          features = mark.apply((p[n] as Params | undefined) ?? {}, features, childContext(ctx, n));
+        }
         const y = tf.relu(
           l.apply((p[name] as Params | undefined) ?? {}, features, childContext(ctx, name)),
         );
@@ -505,11 +591,14 @@ export function denseBlock<const I extends number>(o: DenseOptions<I>): Layer<I,
   if (!(Number.isInteger(o.layers) && o.layers > 0)) {
     throw new RangeError(`denseBlock: layers must be a positive integer, got ${o.layers}`);
   }
-  const children: Child[] = Array.from(
-    { length: o.layers },
-    (_, c) =>
-      [String(c), conv2d({ in: o.in + c * o.growth, out: o.growth, kernel: o.kernel })] as const,
-  );
+  const children: Child[] = Array.from({ length: o.layers }, (_, c) => {
+    const conv: Child = [
+      String(c),
+      conv2d({ in: o.in + c * o.growth, out: o.growth, kernel: o.kernel }),
+    ];
+    const mark: Child = [densePoint(c), point(o.in + c * o.growth)];
+    return c > 0 && o.points ? [mark, conv] : [conv];
+  }).flat();
   return denseOf(o.in, o.growth, children) as Layer<I, number>;
 }
 
@@ -809,8 +898,20 @@ export function batchNorm<const C extends number>(o: BatchNormOptions<C>): Layer
       const b = Tree.leaf(p, "bias");
       if (statistics === "batch" && ctx.mode === "train") {
         const axes = Array.from({ length: x.rank - 1 }, (_, i) => i);
-        const d = tf.sub(x, tf.mean(x, axes));
-        const inv = tf.rsqrt(tf.add(tf.mean(tf.square(d), axes), eps));
+        const mean = tf.mean(x, axes);
+        const d = tf.sub(x, mean);
+        const variance = tf.mean(tf.square(d), axes);
+        const inv = tf.rsqrt(tf.add(variance, eps));
+        if (ctx.buffer) {
+          // PyTorch's update: `r ← (1 − m)·r + m·batch`, the variance unbiased (n/(n − 1)).
+          const n = x.size / o.channels;
+          const unbiased = tf.mul(Ste.stopGradient(variance), n / Math.max(1, n - 1));
+          const at = (k: string) => (ctx.path === "" ? k : `${ctx.path}.${k}`);
+          const blend = (k: string, v: tf.Tensor) =>
+            ctx.buffer!(at(k), tf.add(tf.mul(Tree.leaf(p, k), 1 - momentum), tf.mul(v, momentum)));
+          blend("running_mean", Ste.stopGradient(mean));
+          blend("running_var", unbiased);
+        }
         return tf.add(tf.mul(d, tf.mul(inv, w)), b);
       }
       const mean = Ste.stopGradient(Tree.leaf(p, "running_mean"));

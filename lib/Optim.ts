@@ -11,6 +11,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import * as Kernels from "./Kernels.ts";
 import type * as Tree from "./Tree.ts";
 
 /** Optimizer state: named tensors (checkpointable). */
@@ -71,9 +72,10 @@ export function adam(o: AdamOptions): Transform {
       for (const [p, g] of grads) {
         const m0 = state.get(`m.${p}`), v0 = state.get(`v.${p}`);
         if (!m0 || !v0) throw new Error(`adam: no state for parameter "${p}"`);
-        const m = tf.add(tf.mul(m0, b1), tf.mul(g, 1 - b1));
-        const v = tf.add(tf.mul(v0, b2), tf.mul(tf.square(g), 1 - b2));
-        updates.set(p, tf.mul(tf.div(m, tf.add(tf.sqrt(tf.mul(v, c)), eps)), -a));
+        // One fused kernel per tensor (lib/Kernels.ts), same arithmetic as the composite
+        // m = m0·β1 + g·(1−β1); v = v0·β2 + g²·(1−β2); Δ = m / (√(v·c) + ε) · (−a).
+        const [u, m, v] = Kernels.adamUpdate(g, m0, v0, { b1, b2, eps, a, c });
+        updates.set(p, u);
         next.set(`m.${p}`, m);
         next.set(`v.${p}`, v);
       }

@@ -12,6 +12,7 @@
  */
 import type * as tf from "@tensorflow/tfjs";
 import * as Nn from "./Nn.ts";
+import * as Rng from "./Rng.ts";
 import type * as Quantizer from "./Quantizer.ts";
 import * as Tree from "./Tree.ts";
 import type { Params } from "./Tree.ts";
@@ -22,6 +23,12 @@ export interface Spec {
   readonly weight?: Quantizer.Any;
   /** Quantizes the layer's input activation (asymmetric in the paper). */
   readonly input?: Quantizer.Any;
+  /**
+   * The bit-width of the layer's input when an activation quantizer upstream in the data path
+   * produces it (PAMS and DDTB quantize the block's output, not each conv's input): costs count
+   * the layer at these bits; nothing is computed with it.
+   */
+  readonly inputBits?: number;
 }
 
 /** A wrapped layer: a layer plus the quantizers around it. */
@@ -66,7 +73,7 @@ export function wrap(spec: Spec) {
         return {
           ...p,
           ...(weight ? { wq: weight.init(Tree.leaf(p, "weight")) } : {}),
-          ...(input ? { aq: input.defaults() } : {}),
+          ...(input ? { aq: input.defaults(Rng.fold(key, "aq")) } : {}),
         };
       },
       apply: (p, x, ctx) => {
@@ -76,9 +83,11 @@ export function wrap(spec: Spec) {
         }
         // A policy without learnable parameters (max, percentile) has an empty subtree, which
         // does not survive flattening: absent means empty.
-        const qx = input ? input.apply((p.aq ?? {}) as Params, x) : x;
+        const qx = input ? input.apply((p.aq ?? {}) as Params, x, ctx) : x;
         ctx.tap?.({ path: ctx.path, x, q: qx });
-        const w = weight ? weight.apply((p.wq ?? {}) as Params, Tree.leaf(p, "weight")) : undefined;
+        const w = weight
+          ? weight.apply((p.wq ?? {}) as Params, Tree.leaf(p, "weight"), ctx)
+          : undefined;
         return inner.apply(w ? { ...p, weight: w } : p, qx, ctx);
       },
     };
@@ -107,7 +116,7 @@ export function quantize<L extends Nn.AnyLayer>(model: L, rules: ReadonlyArray<R
       (r.kinds ?? DEFAULT_KINDS).includes(layer.kind) && Tree.matches(r.match, path)
     );
     if (!rule || (!rule.weight && !rule.input)) return undefined;
-    return wrap({ weight: rule.weight, input: rule.input })(layer);
+    return wrap({ weight: rule.weight, input: rule.input, inputBits: rule.inputBits })(layer);
   });
 }
 

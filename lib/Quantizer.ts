@@ -15,6 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import * as Kernels from "./Kernels.ts";
+import type * as Nn from "./Nn.ts";
 import type * as Range from "./Range.ts";
 import type { Params } from "./Tree.ts";
 
@@ -31,12 +32,17 @@ export interface Quantizer<P extends Params = Params> {
   readonly name: string;
   /** Learnable parameters from a sample of the tensor (calibration). */
   readonly init: (sample: tf.Tensor) => P;
-  /** Parameters before calibration. */
-  readonly defaults: () => P;
+  /** Parameters before calibration (`key` seeds any random initialisation, e.g. a gate). */
+  readonly defaults: (key?: number) => P;
   /** The clipping range this quantizer uses for `x` (guards applied). */
   readonly bounds: (params: P, x: tf.Tensor) => Range.Bounds;
-  /** Fake-quantizes `x` (STE gradients). */
-  readonly apply: (params: P, x: tf.Tensor) => tf.Tensor;
+  /**
+   * Fake-quantizes `x` (STE gradients). `ctx` is the forward pass's context at the wrapped
+   * layer (mode, step, path): a quantizer whose behaviour depends on the training stage (DDTB's
+   * gate) reads it, and may report tensors through `ctx.observe` (`<path>.aq.<name>`) or
+   * updated buffers through `ctx.buffer`.
+   */
+  readonly apply: (params: P, x: tf.Tensor, ctx?: Nn.Ctx) => tf.Tensor;
   /**
    * Calibration combines the per-batch `init` values by their mean, or, when this is set, by an
    * exponential moving average with this decay, starting from the first batch (PAMS: 0.9997).
@@ -49,6 +55,19 @@ export interface Quantizer<P extends Params = Params> {
    * is taken to be true.
    */
   readonly dynamic?: boolean;
+  /**
+   * What the quantizer stores and computes at run time beyond the quantized layer itself, for
+   * an input of `elements` values in `channels` channels over `images` images (`Cost.of`
+   * charges it). Without it: its parameters are stored at 32 bits and it computes nothing.
+   */
+  readonly cost?: (input: { readonly elements: number; readonly channels: number }) => Overhead;
+}
+
+/** A quantizer's own cost: stored 32-bit words and run-time BitOPs (and the FLOPs behind them). */
+export interface Overhead {
+  readonly storage: number;
+  readonly flops: number;
+  readonly bitops: number;
 }
 
 /** A quantizer with any parameter shape (what wrappers and schemes accept). */

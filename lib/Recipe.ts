@@ -1,24 +1,30 @@
 /**
  * Recipes: a whole experiment as one typed, validated value — model, scale, bit-widths, the
- * quantization method (range policies, mismatch regulariser, merge rule), training schedule,
- * data and seed. A recipe file exports one with `export default Recipe.make({ … })`.
+ * quantization method (a `Method` value, or the name of a built-in one), the mismatch
+ * regulariser's settings, training schedule, data and seed. A recipe file exports one with
+ * `export default Recipe.make({ … })`.
  *
  * Defaults are the ODM paper's settings (SPEC §1–§7). Validation (zod) happens before any work
  * and names the offending field: `recipe.train.batch: Too small: expected number to be >0`.
+ *
+ * In a checkpoint a recipe is stored as JSON ({@link toJSON}): a built-in method by name and
+ * options, a method of your own by the recipe module that defines it (`method.module`), which
+ * {@link fromJSON} imports again. Recipes of the earlier format (`quant.weightRange`,
+ * `quant.activationRange`, `distill`) are read as the method they describe.
  *
  * @module
  */
 import { Data } from "effect";
 import * as z from "zod";
-import * as Baselines from "./Baselines.ts";
-import * as Quantizer from "./Quantizer.ts";
-import * as Range from "./Range.ts";
+import type * as Method from "./Method.ts";
+import type * as Train from "./Train.ts";
+import * as Methods from "./methods/mod.ts";
 
 const bits = z.union([z.number().int().min(1).max(8), z.literal(32)]);
 const positiveInt = z.number().int().positive();
-const isQuantizer = (v: unknown): v is Quantizer.Any =>
-  typeof v === "object" && v !== null && typeof (v as Quantizer.Any).apply === "function" &&
-  typeof (v as Quantizer.Any).bits === "number";
+const isMethod = (v: unknown): v is Method.Method =>
+  typeof v === "object" && v !== null && typeof (v as Method.Method).scheme === "function" &&
+  typeof (v as Method.Method).name === "string";
 
 const archs = ["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"] as const;
 /** An architecture a recipe can name. */
@@ -80,49 +86,24 @@ export const Schema = z.object({
       ctx.addIssue({ code: "custom", path: ["options", p.key], message: p.message });
     }
   }),
+  /**
+   * The quantization method: a `Method` value (lib/Method.ts; yours or a built-in one's) or the
+   * name of a built-in: `odm` (default), `pams`, `ddtb`, `daq`, `lsq`, `max` (lib/methods/).
+   */
+  method: z.union([
+    z.enum(Methods.NAMES),
+    z.custom<Method.Method>(isMethod, "expected a Method value or a built-in method's name"),
+  ]).default("odm").transform((m) => (typeof m === "string" ? Methods.byName(m)! : m)),
+  /** What the method decided from data before training (DDTB: its gated layers); recorded. */
+  decisions: z.record(z.string(), z.unknown()).optional(),
   quant: z.object({
     /** Weight bits (32 = full precision). */
     wbits: bits,
     /** Activation bits (32 = full precision). */
     abits: bits,
-    /**
-     * Weight range: `clipCorrected` (Eq. 9, ODM), `learnable` (Eq. 8), `max` (Eq. 7),
-     * `percentile`, or `pams` (max|W| with a zero level, `Baselines.pamsWeight`).
-     */
-    weightRange: z.enum(["clipCorrected", "learnable", "max", "percentile", "pams"]).default(
-      "clipCorrected",
-    ),
-    /**
-     * Activation range: `learnable` bounds initialised by calibration (ODM), per-batch
-     * `max`/`percentile`, `pams` (learnable symmetric α, `Baselines.pamsActivation`), `daq`
-     * (per-image channel-wise normalisation, `Baselines.daq`) or `ddtb` (learnable bounds, a
-     * per-image gate on the most variable layers, `Baselines.ddtb`).
-     */
-    activationRange: z.enum(["learnable", "max", "percentile", "pams", "daq", "ddtb"]).default(
-      "learnable",
-    ),
-    /**
-     * DDTB: the layers (dotted paths) that get a per-image gate. Left out, training picks them
-     * from the data (`Baselines.selectDynamic`, {@link dynamicFraction} of the layers) and
-     * records them in the checkpoint's recipe.
-     */
-    dynamicLayers: z.array(z.string().min(1)).optional(),
-    /** DDTB: share of the quantized layers that get a gate when they are picked from data. */
-    dynamicFraction: z.number().gt(0).max(1).default(0.3),
     /** The j of the percentile statistics (SPEC §2, §5). */
     percentile: z.number().gt(0.5).max(1).default(0.99),
-    /** Your own quantizers, overriding the named ranges (any `Quantizer.Quantizer` values). */
-    weightQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
-    inputQuantizer: z.custom<Quantizer.Any>(isQuantizer, "expected a Quantizer").optional(),
-  }).strict().superRefine((q, ctx) => {
-    if (q.dynamicLayers && q.activationRange !== "ddtb") {
-      ctx.addIssue({
-        code: "custom",
-        path: ["dynamicLayers"],
-        message: `only used with activationRange "ddtb", not "${q.activationRange}"`,
-      });
-    }
-  }),
+  }).strict(),
   regularizer: z.object({
     /** How g_R and g_M are merged: `cooperative` (Eq. 6), `naive` (Table 7 d), `reconstruction` (no MR). */
     merge: z.enum(["cooperative", "naive", "reconstruction"]).default("cooperative"),
@@ -140,15 +121,6 @@ export const Schema = z.object({
     lambdaM: 1e-5,
     detach: true,
   }),
-  /**
-   * Distillation from the full-precision model (PAMS's SKT): `weight · MSE(at(student),
-   * at(teacher))` is added to the reconstruction loss, on the input of the layer at `at` (the
-   * body output: every model here names its upsampler `upsample`). 0 turns it off.
-   */
-  distill: z.object({
-    weight: z.number().nonnegative().default(0),
-    at: z.string().min(1).default("upsample"),
-  }).strict().default({ weight: 0, at: "upsample" }),
   train: z.object({
     steps: z.number().int().nonnegative(),
     batch: positiveInt.default(8),
@@ -164,7 +136,25 @@ export const Schema = z.object({
     seed: z.number().int().default(0),
     checkpointEvery: positiveInt.default(100),
     logEvery: positiveInt.default(10),
+    /**
+     * The units of the L1 loss: `pixel` (default: on 0–255, as every model here outputs, SwinIR
+     * included, whose features are in [0, 1] inside) or `unit` (on [0, 1]: L1/255, as the
+     * official SwinIR trains). Under Adam this changes the regulariser's weight next to L1.
+     */
+    l1: z.enum(["pixel", "unit"]).default("pixel"),
   }).strict(),
+  /**
+   * Stages of your own for the training loop (`Train.Stage`: a logger, a monitor) and an early
+   * stopping rule, called with each step's report. Not recorded in checkpoints.
+   */
+  hooks: z.object({
+    stages: z.array(z.custom<Train.Stage>((v) => typeof v === "function", "expected a function"))
+      .default([]),
+    stopWhen: z.custom<(r: Train.StepReport) => boolean>(
+      (v) => typeof v === "function",
+      "expected a function",
+    ).optional(),
+  }).strict().default({ stages: [] }),
   data: z.object({
     /** A folder of HR training images, or `embedded`. */
     train: z.string().default("embedded"),
@@ -190,9 +180,36 @@ export class RecipeInvalid extends Data.TaggedError("RecipeInvalid")<{
   }
 }
 
+/**
+ * A recipe of the earlier format (method fields spread over `quant` and `distill`) as the method
+ * it describes; other inputs come back unchanged.
+ */
+export function migrate(input: unknown): unknown {
+  if (typeof input !== "object" || input === null) return input;
+  const r = input as Record<string, unknown>;
+  const q = r.quant as Record<string, unknown> | undefined;
+  const legacy = q && ["weightRange", "activationRange", "dynamicLayers", "dynamicFraction"]
+    .some((k) => k in q);
+  if (r.method !== undefined || (!legacy && !("distill" in r))) return input;
+  const { weightRange, activationRange, dynamicLayers, dynamicFraction: _, ...quant } = q ?? {};
+  const { distill: _d, ...rest } = r;
+  const act = activationRange as string | undefined;
+  const method = act === "pams" || act === "daq" || act === "ddtb"
+    ? act
+    : weightRange === undefined || weightRange === "clipCorrected"
+    ? "odm"
+    : Methods.Odm.method({ weightRange: weightRange as Methods.Odm.WeightRange });
+  return {
+    ...rest,
+    method,
+    ...(dynamicLayers ? { decisions: { dynamic: dynamicLayers } } : {}),
+    quant,
+  };
+}
+
 /** Validates a recipe, throwing {@link RecipeInvalid} with every bad field named. */
 export function parse(input: unknown, source = "recipe"): Recipe {
-  const r = Schema.safeParse(input);
+  const r = Schema.safeParse(migrate(input));
   if (!r.success) {
     const issues = r.error.issues.map((i) =>
       `  ✖ ${["recipe", ...i.path.map(String)].join(".")}: ${i.message}`
@@ -218,54 +235,87 @@ export function override(recipe: Recipe, patch: { steps?: number; seed?: number 
   }, "(overrides)");
 }
 
-/** JSON form of a recipe for checkpoints and summaries (custom quantizers by name). */
-export function toJSON(recipe: Recipe): unknown {
-  return JSON.parse(JSON.stringify(recipe, (k, v) => {
-    if ((k === "weightQuantizer" || k === "inputQuantizer") && v) {
-      return `custom:${(v as Quantizer.Any).name}`;
-    }
-    return v;
-  }));
+/** The JSON form of a recipe's method (see {@link toJSON}). */
+export function methodJSON(recipe: Recipe, module?: string): Method.Json {
+  const m = recipe.method;
+  return {
+    name: m.name,
+    ...(m.options && Object.keys(m.options).length ? { options: m.options } : {}),
+    // The recipe file is recorded whenever there is one: a method that is not built in (or a
+    // value that only shares a built-in's name) is rebuilt from the module that defines it.
+    ...(module ? { module } : {}),
+  };
 }
 
 /**
- * The weight and activation quantizers a recipe describes (undefined when both are 32-bit:
- * full-precision training). Weights are symmetric, activations asymmetric (SPEC §1).
+ * JSON form of a recipe for checkpoints and summaries. `module` is the recipe file it came from
+ * (recorded for a method that is not built in, so that {@link fromJSON} can import it again).
  */
-export function quantizers(
-  r: Recipe,
-): { readonly weight: Quantizer.Any; readonly input: Quantizer.Any } | undefined {
-  const q = r.quant;
-  if (q.wbits === 32 && q.abits === 32 && !q.weightQuantizer && !q.inputQuantizer) return undefined;
-  const j = q.percentile;
-  const weightRange = {
-    clipCorrected: () => Range.clipCorrected(j),
-    learnable: () => Range.learnable(Range.percentile(j)),
-    max: () => Range.max,
-    percentile: () => Range.percentile(j),
-    pams: () => Range.max,
-  }[q.weightRange]();
-  const inputRange = {
-    learnable: () => Range.learnable(Range.percentile(j)),
-    max: () => Range.max,
-    percentile: () => Range.percentile(j),
-  };
-  // Baselines (SPEC §11) that are whole quantizers rather than range policies.
-  const weight = q.weightRange === "pams"
-    ? Baselines.pamsWeight(q.wbits)
-    : Quantizer.symmetric({ bits: q.wbits, range: weightRange as Range.Range });
-  const input = q.activationRange === "pams"
-    ? Baselines.pamsActivation(q.abits)
-    : q.activationRange === "daq"
-    ? Baselines.daq(q.abits)
-    : q.activationRange === "ddtb"
-    ? Baselines.ddtb(q.abits, { percentile: j })
-    : Quantizer.asymmetric({
-      bits: q.abits,
-      range: inputRange[q.activationRange]() as Range.Range,
-    });
-  return {
-    weight: q.weightQuantizer ?? weight,
-    input: q.inputQuantizer ?? input,
-  };
+export function toJSON(recipe: Recipe, module?: string): unknown {
+  const { hooks: _, ...rest } = recipe;
+  return JSON.parse(JSON.stringify({ ...rest, method: methodJSON(recipe, module) }));
 }
+
+/** A recipe's JSON form (a checkpoint's) cannot be turned back into a recipe. */
+export class MethodUnavailable extends Data.TaggedError("MethodUnavailable")<{
+  readonly source: string;
+  readonly reason: string;
+}> {
+  override get message(): string {
+    return `${this.source}: ${this.reason}`;
+  }
+}
+
+const MethodJson = z.object({
+  name: z.string().min(1),
+  options: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).optional(),
+  module: z.string().optional(),
+}).strict();
+
+/**
+ * The recipe of a recipe's JSON form: a built-in method rebuilt from its name and options, a
+ * method of your own from the recipe module recorded with it (its default export's `method`).
+ */
+export async function fromJSON(json: unknown, source: string): Promise<Recipe> {
+  const raw = migrate(json) as Record<string, unknown>;
+  // A name, or (from an earlier format, migrated) a method value already.
+  if (
+    typeof raw !== "object" || raw === null || typeof raw.method !== "object" ||
+    isMethod(raw.method)
+  ) {
+    return parse(raw, source);
+  }
+  const m = MethodJson.safeParse(raw.method);
+  if (!m.success) {
+    throw new RecipeInvalid({ source, issues: `  ✖ recipe.method: ${z.prettifyError(m.error)}` });
+  }
+  const { name, options, module } = m.data;
+  const builtin = Methods.byName(name, options ?? {});
+  let method: Method.Method | undefined;
+  let problem = "";
+  if (module) {
+    try {
+      const found = ((await import(module)) as { default?: { method?: unknown } }).default?.method;
+      if (isMethod(found) && found.name === name) method = found;
+      else problem = `${module} no longer exports a recipe whose method is "${name}"`;
+    } catch (e) {
+      problem = `method "${name}" is defined in ${module}, which cannot be loaded: ${
+        (e as Error).message
+      }`;
+    }
+  }
+  method ??= builtin;
+  if (!method) {
+    throw new MethodUnavailable({
+      source,
+      reason: problem || `method "${name}" is not built in and no recipe module was recorded`,
+    });
+  }
+  return parse({ ...raw, method }, source);
+}
+
+/** The method's scheme inputs that a recipe fixes. */
+export const bitsOf = (r: Recipe): Method.Bits => ({ wbits: r.quant.wbits, abits: r.quant.abits });
+
+/** True when a recipe trains full precision (32/32: no quantizer at all). */
+export const isFullPrecision = (r: Recipe): boolean => r.quant.wbits === 32 && r.quant.abits === 32;

@@ -83,6 +83,7 @@ const POINTWISE = new Set([
   "batchNorm",
   "pixelShuffle",
   "upsampleNearest",
+  "point",
 ]);
 
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
@@ -291,6 +292,11 @@ export interface Options {
   readonly limits?: Limits;
   /** Called with the plan before the tiles run (e.g. to warn when it is not exact). */
   readonly onPlan?: (p: Plan) => void;
+  /**
+   * The training step the parameters come from (a method may behave by stage: DDTB's gates are
+   * used only past their first stage); default 0.
+   */
+  readonly step?: number;
 }
 
 /** The image region as a `[1, h, w, 3]` float tensor in [0, 255]. */
@@ -333,7 +339,8 @@ export const superResolve = (
     const out = new Uint8Array(lr.width * s * lr.height * s * 3);
     for (const t of p.tiles) {
       const y = tf.tidy(() => {
-        const full = model.apply(params, regionTensor(lr, t), Nn.context("eval"));
+        const ctx = Nn.context("eval", { step: opts.step ?? 0 });
+        const full = model.apply(params, regionTensor(lr, t), ctx);
         const kept = tf.slice(full, [0, t.keepY * s, t.keepX * s, 0], [
           1,
           t.keepH * s,

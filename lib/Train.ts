@@ -1,24 +1,26 @@
 /**
- * Training: Algorithm 1 of the ODM paper as an Effect program.
+ * Training: Algorithm 1 of the ODM paper as Effect programs, for any `Method`.
  *
  * One step (pure tensor maths, one `tf.tidy`), top to bottom:
- *   1. forward the quantized model on the LR batch; the wrapped layers record (X_i, q(X_i));
- *   2. `g_R = ∇ L1(SR, HR)` — the reconstruction stream (tape 1);
+ *   1. forward the quantized model on the LR batch; the wrapped layers record (X_i, q(X_i)),
+ *      layers and quantizers report what the method's extra terms read (`ctx.observe`) and new
+ *      running statistics (`ctx.buffer`);
+ *   2. `g_R = ∇ (L1(SR, HR) + w·SKT + Σ terms)` — the reconstruction stream (tape 1);
  *   3. `g_M = ∇ Σ_i ‖X_i − q(X_i)‖_F` — the mismatch stream, a second backward walk over the
  *      same recorded forward pass (lib/internal/tape.ts), through the quantized part only;
- *   4. merge the streams (Eq. 6, {@link Cooperative.combine}); quantizer parameters get g_R only;
- *   5. Adam with parameter groups (weights 1e-4, quantizer parameters 1e-3, halved on schedule).
+ *   4. merge the streams with the method's rule (Eq. 6 for ODM, {@link Cooperative.combine});
+ *      quantizer parameters get g_R only;
+ *   5. the method's optimizer (ODM: Adam, weights 1e-4, quantizer parameters 1e-3, halved on
+ *      schedule); buffers take their reported values.
  * Weight clipping correction (Eq. 9) needs nothing here: the weight quantizer recomputes the
  * percentile of the current weights in every forward pass.
  *
- * The loop around it is Effect: the batch stream, calibration, evaluation, atomic checkpoints
- * every N steps, progress lines, `metrics.jsonl`, and typed failures (a non-finite loss stops
- * the run and leaves the last good checkpoint in place).
- *
- * A run folder always agrees with itself: a run refuses a folder that holds another one
- * (checkpoint, metrics or summary) unless it resumes it — with the same recipe, up to
- * `train.steps`, `logEvery` and `checkpointEvery` — or replaces it (`force`, which removes the
- * old files first). An interrupted run says which checkpoint it kept.
+ * A run is phases composed in {@link run}: FP32 evaluation, calibration, PTQ evaluation, the
+ * training loop, QAT evaluation, summary. The loop ({@link steps}) is a stream of step events,
+ * and progress, metrics, checkpoints and stopping are stages on it ({@link progress},
+ * {@link metrics}, {@link checkpoints}); a recipe or a script adds its own (`hooks.stages`,
+ * `hooks.stopWhen`). A non-finite loss stops the run with {@link NonFiniteLoss} and leaves the
+ * last good checkpoint in place. The run folder's rules are in lib/Run.ts.
  *
  * @module
  */
@@ -32,10 +34,12 @@ import * as Cooperative from "./Cooperative.ts";
 import * as Data from "./Data.ts";
 import * as Evaluate from "./Evaluate.ts";
 import * as Loss from "./Loss.ts";
+import type * as Method from "./Method.ts";
 import * as Nn from "./Nn.ts";
 import * as Optim from "./Optim.ts";
 import * as Quant from "./Quant.ts";
 import type * as Recipe from "./Recipe.ts";
+import * as Run from "./Run.ts";
 import * as Tree from "./Tree.ts";
 import type { Params } from "./Tree.ts";
 
@@ -47,75 +51,6 @@ export class NonFiniteLoss extends EffectData.TaggedError("NonFiniteLoss")<{
 }> {
   override get message(): string {
     return `non-finite ${this.loss} (${this.value}) at step ${this.step}; the last good checkpoint is kept`;
-  }
-}
-
-/** The output folder cannot be used: it is a file, or cannot be created. */
-export class OutputInvalid extends EffectData.TaggedError("OutputInvalid")<{
-  readonly dir: string;
-  readonly reason: string;
-}> {
-  override get message(): string {
-    return `output folder ${this.dir} ${this.reason}`;
-  }
-}
-
-/** The output folder holds a run, and the run neither resumes nor replaces it. */
-export class RunExists extends EffectData.TaggedError("RunExists")<{
-  readonly dir: string;
-  /** What is there: `checkpoint at step 200 of 200`, `metrics.jsonl`, `summary.json`. */
-  readonly holds: ReadonlyArray<string>;
-}> {
-  override get message(): string {
-    return `${this.dir} already holds a run (${this.holds.join(", ")}): ` +
-      "use --resume to continue it or --force to replace it";
-  }
-}
-
-/** A resumed checkpoint was made by another recipe; each entry names a differing field. */
-export class RecipeChanged extends EffectData.TaggedError("RecipeChanged")<{
-  readonly file: string;
-  /** `recipe.quant.wbits: 4 in the checkpoint, 2 given`, … */
-  readonly differences: ReadonlyArray<string>;
-}> {
-  override get message(): string {
-    return `cannot resume ${this.file}: it was made by another recipe:\n` +
-      this.differences.map((d) => `  ${d}\n`).join("") +
-      `(only ${RESUMABLE.join(", ")} may change when resuming; --force starts over)`;
-  }
-}
-
-/** A resumed checkpoint is past the recipe's last step. */
-export class StepsBelowCheckpoint extends EffectData.TaggedError("StepsBelowCheckpoint")<{
-  readonly file: string;
-  readonly steps: number;
-  readonly checkpointStep: number;
-}> {
-  override get message(): string {
-    return `cannot resume ${this.file}: it is at step ${this.checkpointStep}, beyond ` +
-      `train.steps ${this.steps} (give --steps ${this.checkpointStep} or more, or --force to ` +
-      "start over)";
-  }
-}
-
-/** A line of `metrics.jsonl` other than the last is not a metrics record. */
-export class MetricsCorrupt extends EffectData.TaggedError("MetricsCorrupt")<{
-  readonly file: string;
-  readonly line: number;
-  readonly reason: string;
-}> {
-  override get message(): string {
-    return `${this.file} line ${this.line}: ${this.reason}`;
-  }
-}
-
-/** A run file (metrics, summary) could not be read or written. */
-export class RunFileError extends EffectData.TaggedError("RunFileError")<{
-  readonly file: string;
-  readonly reason: string;
-}> {
-  override get message(): string {
-    return `${this.file}: ${this.reason}`;
   }
 }
 
@@ -132,6 +67,37 @@ export class PatchTooLarge extends EffectData.TaggedError("PatchTooLarge")<{
       `(largest ${this.largest.width}×${this.largest.height} at ×${this.scale})`;
   }
 }
+
+/**
+ * Fails unless some image of `ds` has an LR side ≥ `patch` on both axes (a batch can be cut
+ * from it); `folder` names the data in the message.
+ */
+export const checkPatch = (
+  patch: number,
+  ds: Data.Training,
+  folder: string = ds.name,
+): Effect.Effect<void, PatchTooLarge> => {
+  // [issue 14] LR sizes of in-memory and streamed training sets alike (Data.lrSizes).
+  const sizes = Data.lrSizes(ds);
+  if (sizes.some((s) => s.width >= patch && s.height >= patch)) return Effect.void;
+  const side = (s: Data.Size) => Math.min(s.width, s.height);
+  const best = sizes.reduce<Data.Size | undefined>(
+    (b, s) =>
+      !b || side(s) > side(b) ||
+        (side(s) === side(b) && s.width * s.height > b.width * b.height)
+        ? s
+        : b,
+    undefined,
+  );
+  return Effect.fail(
+    new PatchTooLarge({
+      patch,
+      folder: folder.length > 1 ? folder.replace(/\/+$/, "") : folder,
+      scale: ds.scale,
+      largest: { width: best?.width ?? 0, height: best?.height ?? 0 },
+    }),
+  );
+};
 
 /** Everything one step needs besides the state. */
 export interface StepConfig {
@@ -150,6 +116,10 @@ export interface StepConfig {
     readonly weight: number;
     readonly at: string;
   };
+  /** The method's further terms of the reconstruction stream (DDTB's gate regulariser). */
+  readonly terms: ReadonlyArray<Method.Term>;
+  /** The L1 loss's factor in the reconstruction stream (1, or 1/255 for `train.l1: "unit"`). */
+  readonly l1Scale?: number;
 }
 
 /** The training state between steps. */
@@ -169,32 +139,14 @@ export interface StepReport {
   readonly conflict: number;
   /** The SKT attention-transfer loss (unweighted; 0 without distillation). */
   readonly distill: number;
+  /** The method's further terms, weighted and summed (0 without any). */
+  readonly terms: number;
+  /** `‖λ_M·sim·g_M‖/‖g_R‖` after the merge, before the optimizer (`Cooperative.Stats.ratio`). */
+  readonly regRatio: number;
 }
 
-/** The SPEC §7 optimizer: Adam groups for weights and quantizer parameters, step decay. */
-export const optimizer = (t: Recipe.Recipe["train"]): Optim.Transform =>
-  Optim.partition(
-    {
-      weights: Optim.adam({ lr: Optim.stepDecay(t.lrWeights, t.decayEvery, t.decayFactor) }),
-      quant: Optim.adam({ lr: Optim.stepDecay(t.lrQuant, t.decayEvery, t.decayFactor) }),
-    },
-    (p) => (Quant.isQuantizerParam(p) ? "quant" : "weights"),
-  );
-
-/** The merge rule a recipe asks for. */
-export const mergeOf = (r: Recipe.Recipe["regularizer"]): Cooperative.Merge =>
-  r.merge === "cooperative"
-    ? Cooperative.cooperative({
-      lambdaR: r.lambdaR,
-      lambdaM: r.lambdaM,
-      granularity: r.granularity,
-    })
-    : r.merge === "naive"
-    ? Cooperative.naive({ lambdaR: r.lambdaR, lambdaM: r.lambdaM })
-    : Cooperative.reconstructionOnly({ lambdaR: r.lambdaR });
-
 /**
- * The step configuration a recipe describes, for its (quantized) model; a recipe that
+ * The step configuration of a recipe's method, for its (quantized) model; a method that
  * distills needs the FP `teacher` (network and parameters, which the caller keeps alive).
  */
 export function configOf(
@@ -202,15 +154,18 @@ export function configOf(
   model: Nn.AnyLayer,
   teacher?: { readonly model: Nn.AnyLayer; readonly params: Params },
 ): StepConfig {
+  const m = recipe.method;
   const base = {
     model,
-    optimizer: optimizer(recipe.train),
-    merge: mergeOf(recipe.regularizer),
+    optimizer: m.optimizer(recipe.train),
+    merge: m.merge(recipe.regularizer),
     detach: recipe.regularizer.detach,
+    terms: m.terms?.({ steps: recipe.train.steps }) ?? [],
+    l1Scale: recipe.train.l1 === "unit" ? 1 / 255 : 1,
   };
-  const { weight, at } = recipe.distill;
-  if (weight === 0) return base;
-  if (!teacher) throw new Error("configOf: recipe.distill needs the full-precision teacher");
+  if (!m.distill || m.distill.weight === 0) return base;
+  if (!teacher) throw new Error(`configOf: method ${m.name} distills: it needs the FP teacher`);
+  const { weight, at } = m.distill;
   return {
     ...base,
     model: Nn.observeAt(model, at),
@@ -225,11 +180,13 @@ export const initialState = (cfg: StepConfig, params: ReadonlyMap<string, tf.Ten
   opt: cfg.optimizer.init(params),
 });
 
+/** Indices of the reported scalars in the tensor {@link step} returns. */
+const REPORT = ["l1", "mismatch", "cosine", "conflict", "distill", "terms", "regRatio"] as const;
+
 /**
  * One optimisation step (synchronous, inside one `tf.tidy`). Returns the new state and the
- * five reported scalars `[l1, mismatch, cosine, conflict, distill]` as one tensor (cosine and
- * conflict are 0 unless `opts.stats`, default true; distill is the unweighted SKT loss). Does
- * not dispose the old state.
+ * reported scalars (see {@link StepReport}) as one tensor (cosine, conflict and the ratio are 0
+ * unless `opts.stats`, default true). Does not dispose the old state.
  */
 export function step(
   cfg: StepConfig,
@@ -241,42 +198,64 @@ export function step(
   const leaves = [...state.params.values()];
   const quantized = Quant.layers(cfg.model).length > 0;
   const combine = Cooperative.combine(cfg.merge, { reconstructionOnly: Quant.isQuantizerParam });
+  const buffers = new Map<string, tf.Tensor>();
   const out = tf.tidy(() => {
     const aux = quantized && cfg.merge.usesAuxiliary;
+    // SKT's target: the FP teacher's features, a constant (computed off the tape).
+    const distill = cfg.distill;
+    const target = distill && observedAt(distill.teacher, distill.params, batch.lr, distill.at);
+    const weights = cfg.terms.map((t) => t.weight(state.step));
     // Steps 1–3: one forward pass, two backward walks over its tape (lib/internal/tape.ts):
     // g_R from output 0, g_M from output 1 when the merge rule reads it. The mismatch walk
     // only visits the layers up to the last quantized one: L_M reads nothing after it.
-    // SKT's target: the FP teacher's features, a constant (computed off the tape).
-    const distill = cfg.distill;
-    const target = distill && observed(distill.teacher, distill.params, batch.lr, "eval");
-    const { values: [, lm, l1, skt], grads: [gr, gm] } = Tape.valuesAndGrads(
+    const { values: [, lm, l1, skt, extra], grads: [gr, gm] } = Tape.valuesAndGrads(
       (...ls: tf.Tensor[]) => {
         const taps: Nn.Tap[] = [];
-        let feature: tf.Tensor | undefined;
+        const observed = new Map<string, tf.Tensor>();
         const ctx = Nn.context("train", {
           step: state.step,
           tap: (t) => taps.push(t),
-          observe: (_, x) => (feature = x),
+          observe: (p, x) => observed.set(p, x),
+          // Running statistics outlive the forward pass's scope: they become the next state.
+          buffer: (p, v) => {
+            buffers.get(p)?.dispose();
+            buffers.set(p, tf.keep(v));
+          },
         });
         const p = Tree.unflatten(paths.map((q, i) => [q, ls[i]] as const));
         const l1 = Loss.l1(cfg.model.apply(p, batch.lr, ctx), batch.hr);
         const mismatch = quantized ? Loss.mismatch(taps, { detach: cfg.detach }) : tf.scalar(0);
+        const feature = distill && observed.get(distill.at);
+        if (distill && !feature) throw new Error(`distillation: "${distill.at}" was not reached`);
         const skt = target
           ? Loss.attentionTransfer(feature as tf.Tensor4D, target as tf.Tensor4D)
           : tf.scalar(0);
-        const reconstruction = distill ? tf.add(l1, tf.mul(skt, distill.weight)) : l1;
-        return [reconstruction as tf.Scalar, mismatch, l1, skt];
+        const extra = cfg.terms.length
+          ? tf.addN(cfg.terms.map((t, i) => tf.mul(t.loss(observed), weights[i])))
+          : tf.scalar(0);
+        const scaled = (cfg.l1Scale ?? 1) === 1 ? l1 : tf.mul(l1, cfg.l1Scale!);
+        let reconstruction: tf.Tensor = distill
+          ? tf.add(scaled, tf.mul(skt, distill.weight))
+          : scaled;
+        if (cfg.terms.length) reconstruction = tf.add(reconstruction, extra);
+        return [reconstruction as tf.Scalar, mismatch, l1, skt, extra as tf.Scalar];
       },
       leaves,
       aux ? [0, 1] : [0],
     );
     const gR = new Map(paths.map((p, i) => [p, gr![i]] as const));
     const gM = gm && new Map(paths.map((p, i) => [p, gm[i]] as const));
+    // Steps 4–5: the merge, then the optimizer; buffers (not trained) take their new values.
     const { grads, stats } = combine(gR, gM, opts.stats ?? true);
     const [updates, opt] = cfg.optimizer.update(grads, state.opt, state.params, state.step);
     const params = Optim.apply(state.params, updates);
-    const report = tf.stack([l1, lm, stats.cosine, stats.conflict, skt]) as tf.Tensor1D;
-    return { params: [...params.values()], opt: [...opt], report };
+    for (const [p, v] of buffers) {
+      if (!params.has(p)) throw new Error(`step: a buffer "${p}" is not a parameter`);
+      params.get(p)!.dispose();
+      params.set(p, v);
+    }
+    const report = tf.stack([l1, lm, stats.cosine, stats.conflict, skt, extra, stats.ratio]);
+    return { params: [...params.values()], opt: [...opt], report: report as tf.Tensor1D };
   });
   return {
     state: {
@@ -288,11 +267,11 @@ export function step(
   };
 }
 
-/** The input of the layer `model` observes (see `Nn.observeAt`) in a forward pass. */
-function observed(model: Nn.AnyLayer, params: Params, x: tf.Tensor, mode: Nn.Ctx["mode"]) {
+/** The input of the layer at `at` that `model` observes (see `Nn.observeAt`) in a pass. */
+function observedAt(model: Nn.AnyLayer, params: Params, x: tf.Tensor, at: string) {
   let feature: tf.Tensor | undefined;
-  model.apply(params, x, Nn.context(mode, { observe: (_, f) => (feature = f) }));
-  if (!feature) throw new Error("distillation: the observed layer was not reached");
+  model.apply(params, x, Nn.context("eval", { observe: (p, f) => p === at && (feature = f) }));
+  if (!feature) throw new Error(`distillation: the teacher's "${at}" was not reached`);
   return feature;
 }
 
@@ -322,14 +301,18 @@ export const runStep = (
         t.hr.dispose();
       }
     })();
-    const [l1, mismatch, cosine, conflict, distill] = yield* Effect.promise(() =>
-      out.report.data()
-    );
+    const values = yield* Effect.promise(() => out.report.data());
     out.report.dispose();
-    const bad = !Number.isFinite(l1)
-      ? ["L1", l1] as const
-      : !Number.isFinite(mismatch)
-      ? ["L_M", mismatch] as const
+    const r = Object.fromEntries(REPORT.map((k, i) => [k, values[i]])) as Record<
+      (typeof REPORT)[number],
+      number
+    >;
+    const bad = !Number.isFinite(r.l1)
+      ? ["L1", r.l1] as const
+      : !Number.isFinite(r.mismatch)
+      ? ["L_M", r.mismatch] as const
+      : !Number.isFinite(r.terms)
+      ? ["the method's terms", r.terms] as const
       : undefined;
     if (bad) {
       dispose(out.state);
@@ -337,11 +320,141 @@ export const runStep = (
         new NonFiniteLoss({ step: state.step, loss: bad[0], value: bad[1] }),
       );
     }
-    return {
-      state: out.state,
-      report: { step: state.step + 1, l1, mismatch, cosine, conflict, distill },
-    };
+    return { state: out.state, report: { step: state.step + 1, ...r } };
   });
+
+// ---------------------------------------------------------------------------------------------
+// The loop: a stream of step events, and the stages that consume them.
+// ---------------------------------------------------------------------------------------------
+
+/** One step of the loop, as its stages see it. */
+export interface StepEvent {
+  /** The state after this step; valid until the next event (the loop then frees it). */
+  readonly state: State;
+  readonly report: StepReport;
+  /** A logged step: its gradient statistics were computed. */
+  readonly logged: boolean;
+  /** Seconds since the loop started in this process. */
+  readonly seconds: number;
+  /** The run's first and last step (this process). */
+  readonly from: number;
+  readonly to: number;
+}
+
+/** A stage of the loop: runs on every step event (progress, metrics, checkpoints, yours). */
+export type Stage = (e: StepEvent) => Effect.Effect<void, unknown>;
+
+/**
+ * The training steps `initial.step + 1 … to` over `batches` as a stream of events. Each
+ * step's previous state is freed when the next one exists: the last event's state is the
+ * caller's. `logEvery` picks the steps whose gradient statistics are computed (and the last).
+ */
+export function steps(
+  cfg: StepConfig,
+  initial: State,
+  batches: Stream.Stream<Data.Batch>,
+  o: { readonly to: number; readonly logEvery: number },
+): Stream.Stream<StepEvent, NonFiniteLoss> {
+  const started = performance.now();
+  let current = initial;
+  return batches.pipe(
+    Stream.mapEffect((b) =>
+      Effect.gen(function* () {
+        const logged = (current.step + 1) % o.logEvery === 0 || current.step + 1 === o.to;
+        const { state, report } = yield* runStep(cfg, current, b, logged).pipe(
+          Effect.tapError(() => Effect.sync(() => dispose(current))),
+        );
+        dispose(current);
+        current = state;
+        const seconds = (performance.now() - started) / 1000;
+        return { state, report, logged, seconds, from: initial.step, to: o.to };
+      })
+    ),
+  );
+}
+
+const fmtTime = (s: number) => {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
+};
+
+/** The one line of a logged step (what non-terminal output shows). */
+export function line(e: StepEvent, cfg: { readonly distill: boolean; readonly terms: boolean }) {
+  const r = e.report;
+  const rate = (r.step - e.from) / Math.max(1e-9, e.seconds);
+  const rss = Math.round(Deno.memoryUsage().rss / 2 ** 20);
+  return `step ${r.step}/${e.to} | L1 ${r.l1.toFixed(3)} | ` +
+    (cfg.distill ? `SKT ${r.distill.toExponential(3)} | ` : "") +
+    (cfg.terms ? `terms ${r.terms.toExponential(3)} | ` : "") +
+    `L_M ${r.mismatch.toExponential(3)} | cos ${r.cosine.toFixed(3)} | ` +
+    `conflict ${(100 * r.conflict).toFixed(1)}% | reg/rec ${r.regRatio.toExponential(2)} | ` +
+    `${rate.toFixed(2)} step/s | ${rss} MiB | ETA ${fmtTime((e.to - r.step) / rate)}`;
+}
+
+/**
+ * Progress: on a terminal a live bar with the ETA, redrawn every step, with each logged step's
+ * line printed above it; elsewhere (logs, pipes) one line per logged step.
+ */
+export function progress(
+  o: {
+    readonly log: (l: string) => void;
+    readonly distill: boolean;
+    readonly terms: boolean;
+    readonly tty?: boolean;
+  },
+): Stage {
+  const tty = o.tty ?? Deno.stdout.isTerminal();
+  const out = new TextEncoder();
+  const draw = (s: string) => Deno.stdout.writeSync(out.encode(`\r\x1b[2K${s}`));
+  return (e) =>
+    Effect.sync(() => {
+      const text = e.logged ? line(e, o) : undefined;
+      if (!tty) {
+        if (text) o.log(text);
+        return;
+      }
+      if (text) {
+        draw("");
+        o.log(text);
+      }
+      const done = e.report.step - e.from, total = Math.max(1, e.to - e.from);
+      const width = 30, filled = Math.round((width * done) / total);
+      const rate = done / Math.max(1e-9, e.seconds);
+      draw(
+        `[${"█".repeat(filled)}${"░".repeat(width - filled)}] ${e.report.step}/${e.to} ` +
+          `L1 ${e.report.l1.toFixed(3)} | ${rate.toFixed(2)} step/s | ETA ${
+            fmtTime((e.to - e.report.step) / rate)
+          }`,
+      );
+      if (e.report.step === e.to) draw("");
+    });
+}
+
+/** metrics.jsonl: one JSON line per logged step (the report, seconds, resident memory). */
+export const metrics = (file: string, secondsBefore: number): Stage => (e) =>
+  e.logged
+    ? Run.appendLine(
+      file,
+      JSON.stringify({
+        ...e.report,
+        seconds: secondsBefore + e.seconds,
+        rssMiB: Math.round(Deno.memoryUsage().rss / 2 ** 20),
+      }),
+    )
+    : Effect.void;
+
+/** Checkpoints every `every` steps and at the last, through `save` (atomic, uninterruptible). */
+export const checkpoints = (
+  every: number,
+  save: (s: State, seconds: number) => Effect.Effect<void, unknown>,
+): Stage =>
+(e) =>
+  e.report.step % every === 0 || e.report.step === e.to ? save(e.state, e.seconds) : Effect.void;
+
+// ---------------------------------------------------------------------------------------------
+// The phases of a run.
+// ---------------------------------------------------------------------------------------------
 
 /**
  * Scores of one model on the evaluation set. `psnr`/`ssim` are NaN (`null` in JSON) when an
@@ -373,10 +486,11 @@ export interface Summary {
   readonly wallSeconds: number;
   readonly backend: string;
   readonly recipe: string;
+  readonly method: string;
   readonly stepsPerSecond: number;
 }
 
-/** A model ready to train: the FP32 network, its parameters, and where to quantize it. */
+/** A model ready to train: the FP32 network, its parameters, and the quantized network. */
 export interface Prepared {
   readonly fp32: Nn.Layer<3, 3>;
   readonly params: Params;
@@ -389,241 +503,174 @@ export interface RunOptions {
   readonly out: string;
   /**
    * Continue from `<out>/checkpoint.bin` if present (made by the same recipe, see
-   * {@link prepareOut}).
+   * `Run.prepareOut`).
    */
   readonly resume: boolean;
   /** Replace a run already in `out`: its files are removed first. */
   readonly force?: boolean;
   /** Progress lines (default console.log). */
   readonly log?: (line: string) => void;
+  /** Stages of the loop besides progress, metrics and checkpoints (the recipe's come first). */
+  readonly stages?: ReadonlyArray<Stage>;
+  /** Stop after the first step for which this holds (an early-stop rule). */
+  readonly stopWhen?: (r: StepReport) => boolean;
+  /** Draw the progress as a live bar (default: when stdout is a terminal). */
+  readonly tty?: boolean;
+  /** SSIM of the evaluations: `same` (default, SPEC §8) or `valid` (MATLAB `ssim_index`). */
+  readonly ssim?: "same" | "valid";
 }
 
-const fmtTime = (s: number) => {
-  if (!Number.isFinite(s)) return "?";
-  const m = Math.floor(s / 60);
-  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(0)}s`;
-};
-
-/** The files of a run in its folder. */
-const RUN_FILES = ["checkpoint.bin", "metrics.jsonl", "summary.json"] as const;
-
-/** The recipe fields a resumed run may change (that is how a run is extended). */
-const RESUMABLE = ["train.steps", "train.logEvery", "train.checkpointEvery"];
-
-const exists = (path: string) =>
-  Effect.promise(() => Deno.lstat(path).then(() => true, () => false));
-
-const fileError = (file: string) => (e: unknown) =>
-  new RunFileError({ file, reason: (e as Error).message });
-
-/** Writes a text file atomically (`Checkpoint.writeAtomic`), not interruptibly. */
-const writeText = (file: string, text: string) =>
-  Effect.tryPromise({
-    try: () => Checkpoint.writeAtomic(file, new TextEncoder().encode(text)),
-    catch: fileError(file),
-  }).pipe(Effect.uninterruptible);
-
-const appendLine = (file: string, line: string) =>
-  Effect.tryPromise({
-    try: () => Deno.writeTextFile(file, line + "\n", { append: true }),
-    catch: fileError(file),
-  }).pipe(Effect.uninterruptible);
-
-const isRecord = (v: unknown): v is Record<string, unknown> =>
-  typeof v === "object" && v !== null && !Array.isArray(v);
-
-/**
- * The fields where a checkpoint's recipe (`saved`) and the given one differ, both in
- * `Recipe.toJSON` form, as `recipe.quant.wbits: 4 in the checkpoint, 2 given`. The fields a
- * resumed run may change (`train.steps`, `train.logEvery`, `train.checkpointEvery`) are not
- * compared, nor `quant.dynamicLayers` when the given recipe leaves them to be picked from data.
- */
-export function recipeDifferences(saved: unknown, given: unknown): string[] {
-  if (!isRecord(saved)) return ["recipe: the checkpoint holds none"];
-  const out: string[] = [];
-  const show = (v: unknown) => (v === undefined ? "absent" : JSON.stringify(v));
-  const walk = (a: unknown, b: unknown, path: string) => {
-    if (RESUMABLE.includes(path.slice("recipe.".length))) return;
-    if (path === "recipe.quant.dynamicLayers" && b === undefined) return;
-    if (isRecord(a) && isRecord(b)) {
-      for (const k of new Set([...Object.keys(b), ...Object.keys(a)])) {
-        walk(a[k], b[k], `${path}.${k}`);
-      }
-    } else if (JSON.stringify(a) !== JSON.stringify(b)) {
-      out.push(`${path}: ${show(a)} in the checkpoint, ${show(b)} given`);
-    }
-  };
-  walk(saved, given, "recipe");
-  return out;
-}
-
-/** Options of {@link prepareOut}. */
-export interface OutOptions {
-  /** Resuming: a run in the folder is continued (its checkpoint must fit `recipe`). */
-  readonly resume: boolean;
-  /** Replacing: the files of a run in the folder are removed. */
-  readonly force?: boolean;
-  /** The recipe (`Recipe.toJSON` form) a resumed checkpoint must have been made by. */
-  readonly recipe?: unknown;
-  readonly log?: (line: string) => void;
-}
-
-/**
- * Makes a run's output folder ready, before any data or model is loaded: it must be a folder
- * or creatable ({@link OutputInvalid}); a run already in it (any of `checkpoint.bin`,
- * `metrics.jsonl`, `summary.json`) is refused ({@link RunExists}) unless resuming or `force`
- * (which removes those files). Resuming checks the checkpoint's header: made by `recipe` up to
- * the resumable fields ({@link RecipeChanged}), not past `recipe.train.steps`
- * ({@link StepsBelowCheckpoint}).
- */
-export const prepareOut = (dir: string, o: OutOptions) =>
+/** Phase: scores a model on the evaluation set, one log line per image. */
+export const evaluation = (
+  what: string,
+  model: Nn.AnyLayer,
+  params: Params,
+  ds: Data.Dataset,
+  o: { readonly log: (l: string) => void; readonly step: number; readonly ssim?: "same" | "valid" },
+) =>
   Effect.gen(function* () {
-    const log = o.log ?? ((l: string) => console.log(l));
-    yield* Effect.tryPromise({
-      try: async () => {
-        const st = await Deno.stat(dir).catch(() => undefined);
-        if (st && !st.isDirectory) {
-          throw new OutputInvalid({ dir, reason: "is a file, not a folder" });
-        }
-        if (!st) await Deno.mkdir(dir, { recursive: true });
-      },
-      catch: (e) =>
-        e instanceof OutputInvalid
-          ? e
-          : new OutputInvalid({ dir, reason: `cannot be created: ${(e as Error).message}` }),
+    o.log(`evaluating ${what} on ${ds.pairs.length} images`);
+    const s = yield* Evaluate.evaluate(model, params, ds, {
+      step: o.step,
+      ssim: o.ssim,
+      onImage: (i, n, s) =>
+        o.log(
+          `  eval ${what} ${i + 1}/${n} ${s.file.split("/").pop()}: ${s.psnr.toFixed(2)} dB` +
+            (s.flag ? ` ⚠ flagged: ${s.flag}` : ""),
+        ),
+      onFailure: (file, reason) => o.log(`  eval ${what} ${file}: failed: ${reason}; left out`),
     });
-    const present: string[] = [];
-    for (const f of RUN_FILES) if (yield* exists(`${dir}/${f}`)) present.push(f);
-    if (present.length === 0) return;
-    const ckptFile = `${dir}/checkpoint.bin`;
-    if (o.force) {
-      yield* Effect.tryPromise({
-        try: async () => {
-          for (const f of present) await Deno.remove(`${dir}/${f}`);
-          for (const f of RUN_FILES) await Deno.remove(`${dir}/${f}.tmp`).catch(() => {});
-        },
-        catch: (e) =>
-          new OutputInvalid({ dir, reason: `cannot be cleared: ${(e as Error).message}` }),
-      });
-      log(`--force: removed the previous run's ${present.join(", ")} from ${dir}`);
-      return;
+    // The evaluation's full-size maps are pooled for reuse; training never needs them again.
+    Backend.releaseMemory();
+    return scoreOf(s);
+  });
+
+/**
+ * Phase: the quantized model's starting parameters — the FP32 ones plus calibrated quantizer
+ * parameters (SPEC §2; the method's own count of calibration batches). Frees what it does not
+ * keep of `fresh` and `fp32`.
+ */
+export const calibration = (
+  recipe: Recipe.Recipe,
+  model: Nn.AnyLayer,
+  fp32: Params,
+  train: Data.Training,
+  o: { readonly log: (l: string) => void; readonly batches: number },
+) =>
+  Effect.gen(function* () {
+    const t = recipe.train;
+    const fresh = model.init(t.seed);
+    const base = Tree.merge(fresh, fp32);
+    const n = Quant.layers(model).length;
+    if (n > 0) o.log(`calibrating ${n} quantized layers on ${o.batches} batches`);
+    const cal = yield* Calibration.calibrate(model, base, train, {
+      batches: o.batches,
+      batch: { batch: t.batch, patch: t.patch, seed: t.seed },
+    });
+    const params = Tree.flatten(Tree.merge(base, cal));
+    // Dispose what the merge did not keep (fresh tensors shadowed by pretrained/calibrated ones).
+    const kept = new Set(params.values());
+    for (const x of Tree.flatten(fresh).values()) if (!kept.has(x)) x.dispose();
+    for (const x of Tree.flatten(fp32).values()) if (!kept.has(x)) x.dispose();
+    return params;
+  });
+
+/** Where a run starts from: its first state, the scores before training, earlier seconds. */
+export interface Start {
+  readonly state: State;
+  readonly fp32: Score;
+  readonly ptq: Score | null;
+  /** Seconds of the training loop in earlier sessions (0 for a fresh run). */
+  readonly secondsBefore: number;
+  readonly resumed: boolean;
+}
+
+/**
+ * Phase: the starting state. Resuming: the checkpoint's state and the scores it recorded
+ * (`Run.prepareOut` has checked that it was made by this recipe and is not past its last step).
+ * Otherwise: the FP32 scores, calibration, the PTQ scores and a fresh optimizer state.
+ */
+export const starting = (
+  recipe: Recipe.Recipe,
+  cfg: StepConfig,
+  prepared: Prepared,
+  data: { readonly train: Data.Training; readonly eval: Data.Dataset },
+  opts: Pick<RunOptions, "out" | "resume" | "ssim"> & {
+    readonly log: (l: string) => void;
+    readonly calibrationBatches?: number;
+  },
+): Effect.Effect<Start, unknown, never> =>
+  Effect.gen(function* () {
+    const { log } = opts;
+    const t = recipe.train;
+    const model = prepared.quantized;
+    const ckptFile = `${opts.out}/checkpoint.bin`;
+    const resumed = opts.resume && (yield* Run.exists(ckptFile))
+      ? yield* Checkpoint.read(ckptFile)
+      : undefined;
+    if (resumed) {
+      const init = Tree.flatten(model.init(t.seed));
+      const mismatch = Checkpoint.check(ckptFile, resumed.params, init);
+      Tree.dispose(Tree.unflatten(init));
+      if (mismatch) return yield* Effect.fail(mismatch);
+      Tree.dispose(prepared.params); // the checkpoint's parameters replace the starting ones
+      log(`resumed from ${ckptFile} at step ${resumed.step}`);
+      yield* Run.truncateMetrics(`${opts.out}/metrics.jsonl`, resumed.step, log);
+      return {
+        state: { step: resumed.step, params: resumed.params, opt: resumed.opt },
+        fp32: resumed.meta.fp32 as Score,
+        ptq: resumed.meta.ptq as Score | null,
+        secondsBefore: (resumed.meta.seconds as number | undefined) ?? 0,
+        resumed: true,
+      };
     }
-    if (!o.resume) {
-      const holds: string[] = [];
-      for (const f of present) {
-        if (f !== "checkpoint.bin") holds.push(f);
-        else {
-          const h = yield* Effect.result(Checkpoint.readHeader(ckptFile));
-          if (h._tag === "Failure") holds.push(`checkpoint.bin (unreadable: ${h.failure.reason})`);
-          else {
-            const r = h.success.recipe;
-            const total = isRecord(r) && isRecord(r.train) ? r.train.steps : undefined;
-            holds.push(
-              `checkpoint at step ${h.success.step}` +
-                (typeof total === "number" ? ` of ${total}` : ""),
-            );
-          }
-        }
+    if (opts.resume) {
+      // Metrics or a summary without a checkpoint belong to no run that can be continued.
+      const stale: string[] = [];
+      for (const f of ["metrics.jsonl", "summary.json"]) {
+        if (yield* Run.exists(`${opts.out}/${f}`)) stale.push(f);
       }
-      return yield* Effect.fail(new RunExists({ dir, holds }));
-    }
-    if (!present.includes("checkpoint.bin") || o.recipe === undefined) return;
-    const h = yield* Checkpoint.readHeader(ckptFile);
-    const differences = recipeDifferences(h.recipe, o.recipe);
-    if (differences.length > 0) {
-      return yield* Effect.fail(new RecipeChanged({ file: ckptFile, differences }));
-    }
-    const steps = isRecord(o.recipe) && isRecord(o.recipe.train) ? o.recipe.train.steps : undefined;
-    if (typeof steps === "number" && steps < h.step) {
-      return yield* Effect.fail(
-        new StepsBelowCheckpoint({ file: ckptFile, steps, checkpointStep: h.step }),
+      for (const f of stale) {
+        yield* Effect.tryPromise({
+          try: () => Deno.remove(`${opts.out}/${f}`),
+          catch: Run.fileError(`${opts.out}/${f}`),
+        });
+      }
+      log(
+        `no checkpoint in ${opts.out}; starting from step 0` +
+          (stale.length ? ` (removed the stale ${stale.join(", ")})` : ""),
       );
     }
-  });
-
-/**
- * Fails unless some image of `ds` has an LR side ≥ `patch` on both axes (a batch can be cut
- * from it); `folder` names the data in the message.
- */
-export const checkPatch = (
-  patch: number,
-  ds: Data.Dataset,
-  folder: string = ds.name,
-): Effect.Effect<void, PatchTooLarge> => {
-  if (ds.pairs.some((p) => p.lr.width >= patch && p.lr.height >= patch)) return Effect.void;
-  const side = (p: Data.Pair) => Math.min(p.lr.width, p.lr.height);
-  const best = ds.pairs.reduce<Data.Pair | undefined>(
-    (b, p) =>
-      !b || side(p) > side(b) ||
-        (side(p) === side(b) && p.lr.width * p.lr.height > b.lr.width * b.lr.height)
-        ? p
-        : b,
-    undefined,
-  );
-  return Effect.fail(
-    new PatchTooLarge({
-      patch,
-      folder: folder.length > 1 ? folder.replace(/\/+$/, "") : folder,
-      scale: ds.scale,
-      largest: { width: best?.lr.width ?? 0, height: best?.lr.height ?? 0 },
-    }),
-  );
-};
-
-/**
- * Keeps only the metrics lines of steps ≤ `step` (a resumed run writes the rest again),
- * rewriting the file atomically. A torn (unparsable) last line — a run killed while appending
- * — is dropped with one log line; an unparsable line before it is a {@link MetricsCorrupt}
- * naming the file and line.
- */
-export const truncateMetrics = (
-  file: string,
-  step: number,
-  log: (line: string) => void = (l) => console.log(l),
-): Effect.Effect<void, MetricsCorrupt | RunFileError> =>
-  Effect.gen(function* () {
-    const text = yield* Effect.tryPromise({
-      try: () =>
-        Deno.readTextFile(file).catch((e) => {
-          if (e instanceof Deno.errors.NotFound) return undefined;
-          throw e;
-        }),
-      catch: fileError(file),
+    const fp32 = yield* evaluation("FP32", prepared.fp32, prepared.params, data.eval, {
+      log,
+      step: 0,
+      ssim: opts.ssim,
     });
-    if (text === undefined) return;
-    const lines = text.split("\n");
-    const last = lines.findLastIndex((l) => l.trim() !== "");
-    const kept: string[] = [];
-    for (const [i, l] of lines.entries()) {
-      if (l.trim() === "") continue;
-      let reason: string | undefined;
-      let at: unknown;
-      try {
-        const rec: unknown = JSON.parse(l);
-        at = isRecord(rec) ? rec.step : undefined;
-        if (typeof at !== "number") reason = `not a metrics record (no numeric "step")`;
-      } catch (e) {
-        reason = `not JSON (${(e as Error).message})`;
-      }
-      if (reason === undefined) {
-        if ((at as number) <= step) kept.push(l);
-      } else if (i === last) {
-        log(`${file}: dropped a torn last line (line ${i + 1}: ${reason})`);
-      } else return yield* Effect.fail(new MetricsCorrupt({ file, line: i + 1, reason }));
-    }
-    yield* writeText(file, kept.map((l) => l + "\n").join(""));
+    const params = yield* calibration(recipe, model, prepared.params, data.train, {
+      log,
+      batches: opts.calibrationBatches ?? t.calibrationBatches,
+    });
+    const ptq = Quant.layers(model).length > 0
+      ? yield* evaluation("the calibrated model (PTQ)", model, Tree.unflatten(params), data.eval, {
+        log,
+        step: 0,
+        ssim: opts.ssim,
+      })
+      : null;
+    return { state: initialState(cfg, params), fp32, ptq, secondsBefore: 0, resumed: false };
   });
 
 /**
- * Trains a prepared model by a recipe: calibration (or resume), the step loop with progress,
- * metrics and checkpoints, and the FP32 / PTQ / QAT evaluation table.
+ * Trains a prepared model by a recipe: the FP32, calibration and PTQ phases (or resume), the
+ * loop with its stages, the QAT evaluation and the summary. `recipeJson` is what checkpoints
+ * record (`Recipe.toJSON`, with the recipe module); `calibrationBatches` the method's count.
  */
 export const run = (
   recipe: Recipe.Recipe,
   recipeJson: unknown,
   prepared: Prepared,
-  data: { readonly train: Data.Dataset; readonly eval: Data.Dataset },
-  opts: RunOptions,
+  data: { readonly train: Data.Training; readonly eval: Data.Dataset },
+  opts: RunOptions & { readonly calibrationBatches?: number },
 ) =>
   Effect.gen(function* () {
     const backend = yield* Backend.Backend;
@@ -634,7 +681,7 @@ export const run = (
     const metricsFile = `${opts.out}/metrics.jsonl`;
     const summaryFile = `${opts.out}/summary.json`;
     // The folder and the data before any work (train.ts checks both earlier already).
-    yield* prepareOut(opts.out, {
+    yield* Run.prepareOut(opts.out, {
       resume: opts.resume,
       force: opts.force,
       recipe: recipeJson,
@@ -643,10 +690,9 @@ export const run = (
     yield* checkPatch(t.patch, data.train);
     const model = prepared.quantized;
     const nQuant = Quant.layers(model).length;
-    const batchOpts: Data.BatchOptions = { batch: t.batch, patch: t.patch, seed: t.seed };
-    // A distilling recipe keeps its own copy of the FP32 parameters as the teacher: the
+    // A distilling method keeps its own copy of the FP32 parameters as the teacher: the
     // starting parameters become the first state and are freed as training moves on.
-    const teacher = recipe.distill.weight > 0
+    const teacher = recipe.method.distill
       ? {
         model: prepared.fp32,
         params: Tree.unflatten(
@@ -655,87 +701,14 @@ export const run = (
       }
       : undefined;
     const cfg = configOf(recipe, model, teacher);
-    const evalOpts = (what: string): Evaluate.Options => ({
-      onImage: (i, n, s) =>
-        log(
-          `  eval ${what} ${i + 1}/${n} ${s.file.split("/").pop()}: ${s.psnr.toFixed(2)} dB` +
-            (s.flag ? ` ⚠ flagged: ${s.flag}` : ""),
-        ),
-      onFailure: (file, reason) => log(`  eval ${what} ${file}: failed: ${reason}; left out`),
-    });
 
-    // Resume, or start: FP32 scores, calibration, PTQ scores. prepareOut has checked that a
-    // checkpoint to resume was made by this recipe and is not past its last step.
-    const resumed = opts.resume && (yield* exists(ckptFile))
-      ? yield* Checkpoint.read(ckptFile)
-      : undefined;
-    if (opts.resume && !resumed) {
-      // Metrics or a summary without a checkpoint belong to no run that can be continued.
-      const stale: string[] = [];
-      for (const f of ["metrics.jsonl", "summary.json"]) {
-        if (yield* exists(`${opts.out}/${f}`)) stale.push(f);
-      }
-      for (const f of stale) {
-        yield* Effect.tryPromise({
-          try: () => Deno.remove(`${opts.out}/${f}`),
-          catch: fileError(`${opts.out}/${f}`),
-        });
-      }
-      log(
-        `no checkpoint in ${opts.out}; starting from step 0` +
-          (stale.length ? ` (removed the stale ${stale.join(", ")})` : ""),
-      );
-    }
-    let state: State;
-    let fp32: Summary["fp32"];
-    let ptq: Summary["ptq"];
-    let elapsedBefore = 0;
-    if (resumed) {
-      const init = Tree.flatten(model.init(t.seed));
-      const mismatch = Checkpoint.check(ckptFile, resumed.params, init);
-      Tree.dispose(Tree.unflatten(init));
-      if (mismatch) return yield* Effect.fail(mismatch);
-      state = { step: resumed.step, params: resumed.params, opt: resumed.opt };
-      Tree.dispose(prepared.params); // the checkpoint's parameters replace the starting ones
-      fp32 = resumed.meta.fp32 as Summary["fp32"];
-      ptq = resumed.meta.ptq as Summary["ptq"];
-      elapsedBefore = (resumed.meta.seconds as number | undefined) ?? 0;
-      log(`resumed from ${ckptFile} at step ${state.step}`);
-      yield* truncateMetrics(metricsFile, state.step, log);
-    } else {
-      log(`evaluating FP32 on ${data.eval.pairs.length} images`);
-      const f = yield* Evaluate.evaluate(
-        prepared.fp32,
-        prepared.params,
-        data.eval,
-        evalOpts("fp32"),
-      );
-      fp32 = scoreOf(f);
-      // Quantized model: the FP32 weights + calibrated quantizer parameters.
-      const fresh = model.init(t.seed);
-      const base = Tree.merge(fresh, prepared.params);
-      log(`calibrating ${nQuant} quantized layers on ${t.calibrationBatches} batches`);
-      const cal = yield* Calibration.calibrate(model, base, data.train, {
-        batches: t.calibrationBatches,
-        batch: batchOpts,
-      });
-      const params = Tree.flatten(Tree.merge(base, cal));
-      // Dispose what the merge did not keep (fresh tensors shadowed by pretrained/calibrated ones).
-      const kept = new Set(params.values());
-      for (const x of Tree.flatten(fresh).values()) if (!kept.has(x)) x.dispose();
-      for (const x of Tree.flatten(prepared.params).values()) if (!kept.has(x)) x.dispose();
-      if (nQuant > 0) {
-        log(`evaluating the calibrated model (PTQ) on ${data.eval.pairs.length} images`);
-        const p = yield* Evaluate.evaluate(
-          model,
-          Tree.unflatten(params),
-          data.eval,
-          evalOpts("ptq"),
-        );
-        ptq = scoreOf(p);
-      } else ptq = null;
-      state = initialState(cfg, params);
-    }
+    const { state, fp32, ptq, secondsBefore: elapsedBefore, resumed } = yield* starting(
+      recipe,
+      cfg,
+      prepared,
+      data,
+      { ...opts, log },
+    );
 
     // The step of the last checkpoint written, for the message of an interrupted run. The
     // write and this update are one uninterruptible piece: an interrupt waits for the write.
@@ -747,90 +720,79 @@ export const run = (
         params: s.params,
         opt: s.opt,
         recipe: recipeJson,
-        meta: { fp32, ptq, seconds, backend: backend.name },
+        meta: { fp32, ptq, seconds: elapsedBefore + seconds, backend: backend.name },
       }).pipe(
         Effect.tap(() => Effect.sync(() => (saved = s.step))),
         Effect.uninterruptible,
       );
     if (!resumed) {
       yield* save(state, 0);
-      yield* writeText(metricsFile, "");
+      yield* Run.writeText(metricsFile, "");
     }
 
-    const started = performance.now();
     const firstStep = state.step;
     log(
       resumed && firstStep === t.steps
         ? `nothing left to train: ${ckptFile} is at step ${firstStep} of ${t.steps}`
-        : `training ${recipe.name}: steps ${firstStep}→${t.steps}, batch ${t.batch}×${t.patch}², ` +
-          `${nQuant} quantized layers, merge ${cfg.merge.name}` +
-          (cfg.distill ? `, SKT ×${cfg.distill.weight} at "${cfg.distill.at}"` : ""),
+        : `training ${recipe.name} with ${recipe.method.label}: steps ${firstStep}→${t.steps}, ` +
+          `batch ${t.batch}×${t.patch}², ${nQuant} quantized layers, merge ${cfg.merge.name}` +
+          (cfg.distill ? `, SKT ×${cfg.distill.weight} at "${cfg.distill.at}"` : "") +
+          (cfg.terms.length ? `, terms ${cfg.terms.map((x) => x.name).join(", ")}` : ""),
     );
     const initial = state;
+    const stages: Stage[] = [
+      (e) => Effect.sync(() => (at = e.report.step)),
+      progress({ log, distill: !!cfg.distill, terms: cfg.terms.length > 0, tty: opts.tty }),
+      metrics(metricsFile, elapsedBefore),
+      ...(opts.stages ?? []),
+      checkpoints(t.checkpointEvery, save),
+    ];
     const trainAndEvaluate = Effect.gen(function* () {
-      const final = yield* Data.stream(data.train, batchOpts, initial.step, t.steps).pipe(
-        Stream.runFoldEffect(
-          () => initial,
-          (s, b) =>
-            Effect.gen(function* () {
-              const logged = (s.step + 1) % t.logEvery === 0 || s.step + 1 === t.steps;
-              const { state: next, report } = yield* runStep(cfg, s, b, logged).pipe(
-                Effect.tapError(() => Effect.sync(() => dispose(s))),
-              );
-              dispose(s);
-              const done = next.step;
-              at = done;
-              const seconds = (performance.now() - started) / 1000;
-              if (logged) {
-                const rate = (done - firstStep) / seconds;
-                // The process's resident memory: flat after warm-up (tests/leak.test.ts).
-                const rssMiB = Math.round(Deno.memoryUsage().rss / 2 ** 20);
-                yield* appendLine(
-                  metricsFile,
-                  JSON.stringify({ ...report, seconds: elapsedBefore + seconds, rssMiB }),
-                );
-                log(
-                  `step ${done}/${t.steps} | L1 ${report.l1.toFixed(3)} | ` +
-                    (cfg.distill ? `SKT ${report.distill.toExponential(3)} | ` : "") +
-                    `L_M ${report.mismatch.toExponential(3)} | ` +
-                    `cos ${report.cosine.toFixed(3)} | conflict ${
-                      (100 * report.conflict).toFixed(1)
-                    }% | ` +
-                    `${rate.toFixed(2)} step/s | ${rssMiB} MiB | ETA ${
-                      fmtTime((t.steps - done) / rate)
-                    }`,
-                );
-              }
-              if (done % t.checkpointEvery === 0 || done === t.steps) {
-                yield* save(next, elapsedBefore + seconds);
-              }
-              return next;
-            }),
-        ),
+      const started = performance.now();
+      const batches = Data.stream(
+        data.train,
+        { batch: t.batch, patch: t.patch, seed: t.seed },
+        initial.step,
+        t.steps,
       );
+      let loop = steps(cfg, initial, batches, { to: t.steps, logEvery: t.logEvery }).pipe(
+        Stream.tap((e) => Effect.forEach(stages, (s) => s(e), { discard: true })),
+      );
+      if (opts.stopWhen) {
+        const stop = opts.stopWhen;
+        loop = loop.pipe(Stream.takeUntil((e) => stop(e.report)));
+      }
+      const last = yield* Stream.runLast(loop);
+      const final = last._tag === "Some" ? last.value.state : initial;
+      if (last._tag === "Some" && last.value.report.step !== t.steps) {
+        // Stopped early: the last state is checkpointed as it is.
+        yield* save(final, last.value.seconds);
+        log(`stopped at step ${last.value.report.step} by the recipe's stopping rule`);
+      }
       const loopSeconds = (performance.now() - started) / 1000;
-      log(`evaluating the trained model (QAT) on ${data.eval.pairs.length} images`);
-      const q = yield* Evaluate.evaluate(
+      const q = yield* evaluation(
+        "the trained model (QAT)",
         model,
         Tree.unflatten(final.params),
         data.eval,
-        evalOpts("qat"),
+        { log, step: final.step, ssim: opts.ssim },
       );
       dispose(final);
       if (teacher) Tree.dispose(teacher.params);
-      const trained = t.steps - firstStep;
+      const trained = final.step - firstStep;
       const summary: Summary = {
         fp32,
         ptq,
-        qat: scoreOf(q),
-        steps: t.steps,
+        qat: q,
+        steps: final.step,
         seconds: elapsedBefore + loopSeconds,
         wallSeconds: (performance.now() - wallStart) / 1000,
         backend: `${backend.name} (${backend.adapter})`,
         recipe: recipe.name,
+        method: recipe.method.name,
         stepsPerSecond: trained > 0 ? trained / Math.max(1e-9, loopSeconds) : 0,
       };
-      yield* writeText(summaryFile, JSON.stringify(summary, null, 2) + "\n");
+      yield* Run.writeText(summaryFile, JSON.stringify(summary, null, 2) + "\n");
       return summary;
     });
     return yield* trainAndEvaluate.pipe(

@@ -3,7 +3,8 @@
  * 16 residual blocks of 64 channels, res_scale 1, 3×3 convs with bias, pixel-shuffle
  * upsampler, RGB in [0, 255] with the DIV2K mean shift.
  *
- * Parameter paths: `head`, `body.blocks.{i}.conv1|conv2`, `body.conv`, `upsample.{0,2}`, `tail`.
+ * Parameter paths: `head`, `body.blocks.{i}.conv1|conv2`, `body.conv`, `upsample.{0,2}`, `tail`;
+ * identity points `body.blocks.{i}.skip|out` mark where other methods quantize activations.
  * The quantization placement of the ODM paper (SPEC §6) wraps the 32 convs inside the residual
  * blocks (weights and inputs); head, body-last conv, upsampler and tail stay FP32.
  *
@@ -30,6 +31,11 @@ export interface Options<F extends number = 64> {
   readonly rgbRange?: number;
 }
 
+/**
+ * A residual block `x + resScale · conv2(relu(conv1(x)))`, with the skip path and the scaled
+ * body output marked (`skip`, `out`: identity points where PAMS and DDTB put activation
+ * quantizers, colorjam/PAMS `model/edsr.py` `PAMS_ResBlock.forward`).
+ */
 const block = <F extends number>(f: F, resScale: number) =>
   Nn.residual(
     Nn.sequential(
@@ -38,6 +44,7 @@ const block = <F extends number>(f: F, resScale: number) =>
       Nn.named("conv2", Nn.conv2d({ in: f, out: f })),
     ),
     resScale,
+    { skip: Nn.point(f), out: Nn.point(f) },
   );
 
 /** The upsampler: ×2 / ×3 one conv + shuffle, ×4 two (conv 64→256 + shuffle 2, twice). */

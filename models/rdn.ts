@@ -64,14 +64,21 @@ export const configs = {
   "esrgan-medium": { numFeat: 64, numBlock: 10, numConv: 1, growRate: 64, upsampler: "nearest" },
 } as const satisfies Record<string, Omit<Options, "upscale">>;
 
-/** One residual dense block: `x + lff(denseBlock(x))`, children `convs` and `lff`. */
+/**
+ * One residual dense block: `y + lff(denseBlock(y))` with `y = input(x)`, children `convs`,
+ * `lff` and the identity point `input`; the dense block marks the input of each step after the
+ * first (`convs.in<c>`). PAMS and DDTB quantize there (colorjam/PAMS `model/rdn.py`:
+ * `PAMS_RDB.forward` `x = self.act1(x)`, `PAMS_RDB_Conv_in.forward` `if i > 0: x = self.act(x)`).
+ */
 function rdb<F extends number>(f: F, g: number, c: number, kernel: number): Nn.Layer<F, F> {
-  const convs = Nn.denseBlock({ in: f, growth: g, layers: c, kernel });
+  const convs = Nn.denseBlock({ in: f, growth: g, layers: c, kernel, points: true });
   return Nn.residual(
     Nn.sequential(
       Nn.named("convs", convs),
       Nn.named("lff", Nn.conv2d({ in: convs.outChannels, out: f, kernel: 1 })),
     ),
+    1,
+    { input: Nn.point(f) },
   );
 }
 

@@ -1,17 +1,17 @@
 /**
- * The architectures a recipe can name, with their quantization placement and where their
- * starting weights come from (random init, a pretrained npm package, or an FP32 checkpoint).
+ * The architectures a recipe can name, where their starting weights come from (random init, a
+ * pretrained npm package, or an FP32 checkpoint), and a recipe's quantized network: the
+ * recipe's method places its quantizers (`Method.scheme`) on the architecture's family.
  *
  * @module
  */
 import { Data, Effect } from "effect";
-import * as Baselines from "../lib/Baselines.ts";
 import * as Checkpoint from "../lib/Checkpoint.ts";
 import type * as Dataset from "../lib/Data.ts";
+import * as Method from "../lib/Method.ts";
 import type * as Nn from "../lib/Nn.ts";
 import * as Pretrained from "../lib/Pretrained.ts";
 import * as Quant from "../lib/Quant.ts";
-import type * as Quantizer from "../lib/Quantizer.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Tree from "../lib/Tree.ts";
 import type { Params } from "../lib/Tree.ts";
@@ -20,13 +20,11 @@ import * as Rdn from "./rdn.ts";
 import * as Srresnet from "./srresnet.ts";
 import * as Swinir from "./swinir.ts";
 
-/** A model ready to quantize: network, starting parameters, placement. */
+/** A model ready to quantize: network, starting parameters, architecture family. */
 export interface Built {
   readonly model: Nn.Layer<3, 3>;
   readonly params: Params;
-  readonly placement: (
-    q: { readonly weight: Quantizer.Any; readonly input: Quantizer.Any },
-  ) => ReadonlyArray<Quant.Rule>;
+  readonly family: Method.Family;
   /** Where the parameters came from, for logs. */
   readonly source: string;
 }
@@ -65,35 +63,30 @@ export const options: {
  */
 export const architecture = (
   m: Pick<Recipe.Recipe["model"], "arch" | "scale" | "options">,
-): { readonly model: Nn.Layer<3, 3>; readonly placement: Built["placement"] } => {
+): { readonly model: Nn.Layer<3, 3>; readonly family: Method.Family } => {
   const o = m.options as Record<string, number>;
   const bad = Recipe.optionProblems({ arch: m.arch, options: o })[0];
   if (bad) throw new ModelError({ reason: `options.${bad.key}: ${bad.message}` });
+  const family = Method.familyOf(m.arch);
   switch (m.arch) {
     case "edsr":
-      return { model: Edsr.edsr({ ...o, upscale: m.scale }), placement: Edsr.placement };
+      return { model: Edsr.edsr({ ...o, upscale: m.scale }), family };
     case "rdn":
-      return { model: Rdn.rdn({ ...o, upscale: m.scale }), placement: Rdn.placement };
+      return { model: Rdn.rdn({ ...o, upscale: m.scale }), family };
     case "srresnet":
-      return {
-        model: Srresnet.srresnet({ ...o, upscale: m.scale }),
-        placement: Srresnet.placement,
-      };
+      return { model: Srresnet.srresnet({ ...o, upscale: m.scale }), family };
     case "swinir": {
       // Recipe options are numbers: `numLayers` RSTBs of `depth` blocks give `depths`.
       const { numLayers, depth, ...rest } = o;
       const depths = numLayers !== undefined ? Array(numLayers).fill(depth ?? 6) : undefined;
       return {
         model: Swinir.swinir({ ...rest, ...(depths ? { depths } : {}), upscale: m.scale }),
-        placement: Swinir.placement,
+        family,
       };
     }
     case "esrgan-slim":
     case "esrgan-medium":
-      return {
-        model: Rdn.rdn({ ...Rdn.configs[m.arch], ...o, upscale: m.scale }),
-        placement: Rdn.placement,
-      };
+      return { model: Rdn.rdn({ ...Rdn.configs[m.arch], ...o, upscale: m.scale }), family };
   }
 };
 
@@ -119,11 +112,11 @@ export const build = (
       return {
         model: loaded.model,
         params: loaded.params,
-        placement: Rdn.placement,
+        family: "rdn",
         source: `pretrained ${name} ×${m.scale}`,
       };
     }
-    const { model, placement } = architecture(m);
+    const { model, family } = architecture(m);
     if (m.checkpoint) {
       const c = yield* Checkpoint.read(m.checkpoint);
       for (const t of c.opt.values()) t.dispose();
@@ -140,74 +133,76 @@ export const build = (
       return {
         model,
         params: Tree.unflatten(params as Map<string, import("@tensorflow/tfjs").Tensor>),
-        placement,
+        family,
         source: `checkpoint ${m.checkpoint}`,
       };
     }
-    return { model, params: model.init(seed), placement, source: `random init (seed ${seed})` };
+    return { model, params: model.init(seed), family, source: `random init (seed ${seed})` };
   });
 
+/** The scheme inputs of a recipe on an architecture. */
+export const schemeInput = (
+  recipe: Recipe.Recipe,
+  arch: Pick<Built, "model" | "family">,
+): Method.SchemeInput => ({
+  family: arch.family,
+  model: arch.model,
+  wbits: recipe.quant.wbits,
+  abits: recipe.quant.abits,
+  percentile: recipe.quant.percentile,
+  decisions: recipe.decisions ?? {},
+  steps: recipe.train.steps,
+});
+
 /**
- * The recipe's quantized network: its quantizers placed by the architecture's placement, or
- * the network unchanged for a full-precision (32/32) recipe. DDTB's dynamic layers
- * (`quant.dynamicLayers`, see {@link resolve}) get a gated input quantizer sized to their input.
+ * The recipe's quantized network: its method's quantizers placed on the architecture
+ * (`Method.scheme`), or the network unchanged for a full-precision (32/32) recipe. A method that
+ * decides from data (DDTB's gated layers) needs its decisions first ({@link resolve}).
  */
 export function quantize(
   recipe: Recipe.Recipe,
-  arch: Pick<Built, "model" | "placement">,
+  arch: Pick<Built, "model" | "family">,
 ): Nn.Layer<3, 3> {
-  const q = Recipe.quantizers(recipe);
-  if (!q) return arch.model;
-  const rules = arch.placement(q);
-  const quant = recipe.quant;
-  if (quant.activationRange !== "ddtb" || quant.inputQuantizer) {
-    return Quant.quantize(arch.model, rules);
-  }
-  if (!quant.dynamicLayers) {
+  if (Recipe.isFullPrecision(recipe)) return arch.model;
+  if (recipe.method.decide && !recipe.decisions) {
     throw new ModelError({
-      reason: "recipe.quant.dynamicLayers is not set: DDTB's gated layers are picked from " +
-        "the training data by Registry.resolve (deno task train and compare do it)",
+      reason: `method ${recipe.method.name} decides from the training data first ` +
+        "(Registry.resolve; deno task train and compare do it): recipe.decisions is not set",
     });
   }
-  const statics = new Map(Quant.layers(Quant.quantize(arch.model, rules)).map((l) => [l.path, l]));
-  const gated: Quant.Rule[] = quant.dynamicLayers.map((path) => {
-    const layer = statics.get(path)?.layer;
-    if (!layer) {
-      throw new ModelError({
-        reason:
-          `recipe.quant.dynamicLayers: "${path}" is not a quantized layer of ${recipe.model.arch}`,
-      });
-    }
-    const gate = { channels: layer.inChannels as number };
-    const input = Baselines.ddtb(quant.abits, { percentile: quant.percentile, gate });
-    return { match: path, kinds: [layer.inner.kind], weight: q.weight, input };
-  });
-  return Quant.quantize(arch.model, [...gated, ...rules]);
+  return Quant.quantize(arch.model, recipe.method.scheme(schemeInput(recipe, arch)));
 }
 
 /**
- * The recipe with everything that is decided from data filled in: for DDTB without
- * `quant.dynamicLayers`, the layers to gate, picked by `Baselines.selectDynamic` on the FP32
- * model (`built`) over the calibration batches. Other recipes come back unchanged.
+ * The recipe with its method's decisions made from data (`Method.decide` on the FP32 model
+ * over the calibration batches) and recorded in `recipe.decisions`; a recipe whose method makes
+ * none, or that has them already, comes back unchanged.
  */
 export const resolve = (
   recipe: Recipe.Recipe,
-  built: Pick<Built, "model" | "placement" | "params">,
-  train: Dataset.Dataset,
+  built: Pick<Built, "model" | "family" | "params">,
+  train: Dataset.Training,
 ): Effect.Effect<Recipe.Recipe> =>
   Effect.gen(function* () {
-    const quant = recipe.quant;
-    if (quant.activationRange !== "ddtb" || quant.dynamicLayers || quant.inputQuantizer) {
-      return recipe;
-    }
-    const q = Recipe.quantizers(recipe);
-    if (!q) return recipe;
-    const statics = Quant.quantize(built.model, built.placement(q));
+    const decide = recipe.method.decide;
+    if (!decide || recipe.decisions || Recipe.isFullPrecision(recipe)) return recipe;
     const t = recipe.train;
-    const dynamicLayers = yield* Baselines.selectDynamic(statics, built.params, train, {
-      fraction: quant.dynamicFraction,
+    const decisions = yield* decide({
+      family: built.family,
+      model: built.model,
+      params: built.params,
+      wbits: recipe.quant.wbits,
+      abits: recipe.quant.abits,
+      percentile: recipe.quant.percentile,
+      steps: t.steps,
+      train,
       batches: t.calibrationBatches,
       batch: { batch: t.batch, patch: t.patch, seed: t.seed },
     });
-    return Recipe.parse({ ...recipe, quant: { ...quant, dynamicLayers } }, "(resolved recipe)");
+    return Recipe.parse({ ...recipe, decisions }, "(resolved recipe)");
   });
+
+/** Calibration batches of a recipe's method (its own count, else the recipe's). */
+export const calibrationBatches = (recipe: Recipe.Recipe): number =>
+  recipe.method.calibrationBatches?.(recipe.train.calibrationBatches) ??
+    recipe.train.calibrationBatches;

@@ -1,13 +1,14 @@
 /**
  * Table 7 (d) of the ODM paper, from the default job (pretrained esrgan-slim ×4, W4A4, the
- * default schedule and data): (d) WCC + naive MR.
- * The one-word variation is `Baselines.ablations.d`.
+ * default schedule and data): WCC + naive MR.
+ * The method is `Methods.ablation.d` (lib/methods/mod.ts).
  */
-import * as Baselines from "../lib/Baselines.ts";
+import * as Methods from "../lib/methods/mod.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import base from "./default.ts";
 
 export default Recipe.make({
-  ...Baselines.vary(base, "ablation-d", Baselines.ablations.d),
+  ...base,
   name: "esrgan-slim-x4-w4a4-ablation-d",
+  method: Methods.ablation.d,
 });

@@ -9,7 +9,8 @@ import * as Recipe from "../lib/Recipe.ts";
 export default Recipe.make({
   name: "default",
   model: { arch: "esrgan-slim", scale: 4, pretrained: true },
-  quant: { wbits: 4, abits: 4, weightRange: "clipCorrected", activationRange: "learnable" },
+  method: "odm",
+  quant: { wbits: 4, abits: 4 },
   regularizer: { merge: "cooperative", lambdaM: 1e-6 }, // RDN family: λ_M = 1e-6 (SPEC §4)
   train: {
     steps: 200,

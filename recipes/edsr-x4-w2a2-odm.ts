@@ -9,13 +9,8 @@ import * as Recipe from "../lib/Recipe.ts";
 export default Recipe.make({
   name: "edsr-x4-w2a2-odm",
   model: { arch: "edsr", scale: 4, checkpoint: "runs/edsr-x4-fp32/checkpoint.bin" },
-  quant: {
-    wbits: 2,
-    abits: 2,
-    weightRange: "clipCorrected",
-    activationRange: "learnable",
-    percentile: 0.99,
-  },
+  method: "odm",
+  quant: { wbits: 2, abits: 2, percentile: 0.99 },
   regularizer: {
     merge: "cooperative",
     granularity: "tensor",

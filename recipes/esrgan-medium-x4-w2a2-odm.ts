@@ -7,6 +7,7 @@ import * as Recipe from "../lib/Recipe.ts";
 export default Recipe.make({
   name: "esrgan-medium-x4-w2a2-odm",
   model: { arch: "esrgan-medium", scale: 4, pretrained: true },
+  method: "odm",
   quant: { wbits: 2, abits: 2 },
   regularizer: { merge: "cooperative", lambdaM: 1e-6 },
   train: { steps: 2000, batch: 8, patch: 48, decayEvery: 1000, checkpointEvery: 100 },

@@ -1,12 +1,10 @@
 /**
- * Baseline lsq (LSQ-style learnable u_w (Eq. 8)) on the default job: pretrained esrgan-slim ×4, W4A4, the default
- * schedule and data, reconstruction loss only. The variation is `Baselines.methods.lsq`.
+ * LSQ-style learnable u_w (Eq. 8) on the default job: pretrained esrgan-slim ×4, W4A4, the default schedule and data,
+ * so that it compares with `recipes/default.ts` batch for batch. The method is
+ * `lib/methods/lsq.ts`.
  */
-import * as Baselines from "../lib/Baselines.ts";
+import { lsq } from "../lib/methods/lsq.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import base from "./default.ts";
 
-export default Recipe.make({
-  ...Baselines.vary(base, "lsq", Baselines.methods.lsq),
-  name: "esrgan-slim-x4-w4a4-lsq",
-});
+export default Recipe.make({ ...base, name: "esrgan-slim-x4-w4a4-lsq", method: lsq });

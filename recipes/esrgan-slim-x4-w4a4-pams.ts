@@ -1,12 +1,10 @@
 /**
- * Baseline pams (PAMS (max|W|, learnable α)) on the default job: pretrained esrgan-slim ×4, W4A4, the default
- * schedule and data, reconstruction loss only. The variation is `Baselines.methods.pams`.
+ * PAMS (max|W|, learnable α, SKT) on the default job: pretrained esrgan-slim ×4, W4A4, the default schedule and data,
+ * so that it compares with `recipes/default.ts` batch for batch. The method is
+ * `lib/methods/pams.ts`.
  */
-import * as Baselines from "../lib/Baselines.ts";
+import { pams } from "../lib/methods/pams.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import base from "./default.ts";
 
-export default Recipe.make({
-  ...Baselines.vary(base, "pams", Baselines.methods.pams),
-  name: "esrgan-slim-x4-w4a4-pams",
-});
+export default Recipe.make({ ...base, name: "esrgan-slim-x4-w4a4-pams", method: pams });

@@ -8,7 +8,8 @@ import * as Recipe from "../lib/Recipe.ts";
 export default Recipe.make({
   name: "srresnet-x4-w2a2-odm",
   model: { arch: "srresnet", scale: 4, checkpoint: "runs/srresnet-x4-fp32/checkpoint.bin" },
-  quant: { wbits: 2, abits: 2, weightRange: "clipCorrected", activationRange: "learnable" },
+  method: "odm",
+  quant: { wbits: 2, abits: 2 },
   regularizer: { merge: "cooperative", lambdaM: 1e-5 },
   train: {
     steps: 60000,

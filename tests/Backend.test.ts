@@ -107,3 +107,29 @@ Deno.test({
     assertStringIncludes(cpu.stdout, "backend: cpu");
   },
 });
+
+Deno.test({
+  name:
+    "releaseMemory destroys the pooled buffers of freed tensors; later work still computes right",
+  ignore: backend.name !== "webgpu",
+  fn: async () => {
+    // A 3×3 conv (our kernels) on a 16 MiB input, freed: its buffers go to the pools.
+    const x = tf.randomUniform([1, 256, 256, 64], -1, 1, "float32", 3) as tf.Tensor4D;
+    const w = tf.randomUniform([3, 3, 64, 8], -1, 1, "float32", 4) as tf.Tensor4D;
+    const y = tf.conv2d(x, w, 1, "same");
+    const want = await tf.sum(y).data();
+    tf.dispose([x, y]);
+    const pool = (tf.backend() as unknown as { bufferManager: { getNumFreeBuffers(): number } })
+      .bufferManager;
+    assert(pool.getNumFreeBuffers() > 0, "the freed tensors' buffers are pooled");
+    const released = Backend.releaseMemory();
+    assert(released >= 16 * 2 ** 20, `released ${released} bytes`);
+    assertEquals(pool.getNumFreeBuffers(), 0);
+    // The pools work on after it: the same conv again, the same sum (bit for bit).
+    const x2 = tf.randomUniform([1, 256, 256, 64], -1, 1, "float32", 3) as tf.Tensor4D;
+    const y2 = tf.conv2d(x2, w, 1, "same");
+    assertEquals(await tf.sum(y2).data(), want);
+    tf.dispose([x2, y2, w]);
+    assert(pool.getNumFreeBuffers() > 0, "buffers are pooled again after a release");
+  },
+});

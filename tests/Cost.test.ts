@@ -2,7 +2,18 @@
  * Cost: a hand-computed tiny model, the ODM paper's Table 6 numbers for EDSR-baseline ×4
  * (storage exact, BitOPs within 1%), RDN storage against its parameter count, and orderings.
  */
-import { assert, assertAlmostEquals, assertEquals, assertGreater, assertThrows } from "@std/assert";
+import { Effect } from "effect";
+import {
+  assert,
+  assertAlmostEquals,
+  assertEquals,
+  assertGreater,
+  assertRejects,
+  assertThrows,
+} from "@std/assert";
+import * as Backend from "../lib/Backend.ts";
+import * as CostCli from "../lib/cli/cost.ts";
+import { loadRecipe } from "../lib/cli/train.ts";
 import * as Registry from "../models/registry.ts";
 import * as Cost from "../lib/Cost.ts";
 import * as Nn from "../lib/Nn.ts";
@@ -191,4 +202,28 @@ Deno.test("cost covers all four architectures: storage equals the parameter coun
     assertAlmostEquals(c.storageK * 1000, Nn.parameterCount(model), 1e-6, arch);
     assertGreater(c.bitopsT, 0);
   }
+});
+
+Deno.test("deno task cost --recipe counts that recipe's model, bits and method (yours too)", async () => {
+  const run = (argv: string[]) =>
+    Effect.runPromise(CostCli.program(argv).pipe(Effect.provide(Backend.layer({ log: false }))));
+  const { recipe } = await loadRecipe("esrgan-slim-x4-w4a4-odm-ddtbacts");
+  const r = (await run(["--recipe", "esrgan-slim-x4-w4a4-odm-ddtbacts", "--json"]))!;
+  assertEquals([r.model, r.scale, r.wbits, r.abits, r.method], [
+    "esrgan-slim",
+    4,
+    4,
+    4,
+    "odm-ddtb-acts",
+  ]);
+  // The oracle: the recipe's own quantized model, costed directly.
+  const direct = Cost.of(Registry.quantize(recipe, Registry.architecture(recipe.model)), {
+    outputHeight: 1080,
+    outputWidth: 1920,
+    scale: 4,
+  });
+  assertEquals([r.storageK, r.bitopsT], [direct.storageK, direct.bitopsT]);
+  // A flag overrides the recipe's value.
+  assertEquals((await run(["--recipe", "default", "--bits", "2", "--json"]))!.wbits, 2);
+  await assertRejects(() => run(["--json"]), Error, "give --model (or --recipe");
 });

@@ -1,12 +1,16 @@
 /**
- * Patch batches: aligned LR/HR under every augmentation, seeded, and folder loading errors;
- * symlinked images are followed and a dangling symlink is named.
+ * Patch batches: aligned LR/HR under every augmentation, seeded, the same as the loader before
+ * streaming recorded them (SHA-256 oracle), cut positions from the LR sizes alone, and folder
+ * loading errors; symlinked images are followed and a dangling symlink is named; a dataset's
+ * own LR file is used and checked.
  */
 import { Effect, Exit, Stream } from "effect";
 import { assert, assertEquals, assertNotEquals, assertStringIncludes } from "@std/assert";
 import * as Data from "../lib/Data.ts";
 import * as Image from "../lib/Image.ts";
+import * as Resize from "../lib/Resize.ts";
 import * as Rng from "../lib/Rng.ts";
+import { cases, oracle, sha256 } from "./fixtures/make_data_batches.ts";
 import "./_setup.ts";
 
 /** A dataset whose HR image is the LR image with every pixel repeated s×s (nearest upscale). */
@@ -138,4 +142,91 @@ Deno.test("symlinks to images are followed; a dangling one is named, not skipped
   assertEquals(ds.pairs.map((p) => p.file), files);
   assertEquals(ds.pairs[1].hr.data, ds.pairs[0].hr.data);
   assertEquals(reported, [`${dir}/c.png`, `${dir}/d.png`]);
+});
+
+Deno.test("the embedded batches are the ones the loader before streaming cut (recorded hashes)", async () => {
+  // The oracle was recorded with lib/Data.ts as of b654790, before plan/put existed: the
+  // default recipe's training and calibration streams, ×2 batch 16, ×3 without augmentation.
+  for (const [i, c] of cases.entries()) {
+    const ds = await Effect.runPromise(Data.load(Data.embedded.train, c.scale));
+    const opts = { batch: c.batch, patch: c.patch, seed: c.seed, augment: c.augment };
+    const want = (await oracle()).cases[i].hashes;
+    assertEquals(want.map((h) => h.index), c.indices);
+    for (const h of want) {
+      const b = Data.batch(ds, opts, h.index);
+      assertEquals(await sha256(b.lr), h.lr, `case ${i} batch ${h.index} LR`);
+      assertEquals(await sha256(b.hr), h.hr, `case ${i} batch ${h.index} HR`);
+    }
+  }
+});
+
+Deno.test("a batch's cuts come from the LR sizes alone, inside each image, never from one too small", () => {
+  const sizes = [{ width: 9, height: 30 }, { width: 12, height: 10 }, { width: 40, height: 9 }];
+  const opts = { batch: 64, patch: 10, seed: 4 };
+  const drawn = new Set<number>();
+  for (let k = 0; k < 20; k++) {
+    const cuts = Data.plan("sizes", sizes, opts, k);
+    assertEquals(cuts, Data.plan("sizes", sizes.map((s) => ({ ...s })), opts, k));
+    for (const c of cuts) {
+      drawn.add(c.image);
+      const s = sizes[c.image];
+      assert(
+        c.x >= 0 && c.y >= 0 && c.x + 10 <= s.width && c.y + 10 <= s.height,
+        JSON.stringify(c),
+      );
+    }
+  }
+  // Only image 1 (12×10) holds a 10×10 patch; both corners of its 3×1 positions occur.
+  assertEquals([...drawn], [1]);
+  // The same sizes with pixels give the batch whose patches are the plan's windows.
+  const ds = blockDataset(2);
+  const b = Data.batch(ds, { batch: 3, patch: 4, seed: 2, augment: false }, 7);
+  const cuts = Data.plan(
+    ds.name,
+    [ds.pairs[0].lr],
+    { batch: 3, patch: 4, seed: 2, augment: false },
+    7,
+  );
+  for (const [n, c] of cuts.entries()) {
+    for (let i = 0; i < 4; i++) {
+      for (let j = 0; j < 4 * 3; j++) {
+        const want = ds.pairs[0].lr.data[((c.y + i) * 20 + c.x) * 3 + j];
+        if (b.lr[n * 48 + i * 12 + j] !== want) throw new Error(`patch ${n} (${i}, ${j})`);
+      }
+    }
+  }
+  // Rows holding only part of an image (a loader's read) give the same patch.
+  const whole = Data.allocate({ batch: 1, patch: 4 }, 2, 0);
+  const part = Data.allocate({ batch: 1, patch: 4 }, 2, 0);
+  const c = { ...cuts[0], hflip: true, transpose: true };
+  const { lr, hr } = ds.pairs[0];
+  Data.put(whole, 0, c, lr, hr);
+  const rows = (img: Image.Image, y: number, n: number) => ({
+    width: img.width,
+    data: img.data.slice(y * img.width * 3, (y + n) * img.width * 3),
+    top: y,
+  });
+  Data.put(part, 0, c, rows(lr, c.y, 4), rows(hr, c.y * 2, 8));
+  assertEquals(part.lr, whole.lr);
+  assertEquals(part.hr, whole.hr);
+});
+
+Deno.test("a pair with its own LR file uses that file, and a mismatched one is named", async () => {
+  const dir = await Deno.makeTempDir();
+  const hr = Image.make(9, 7, Uint8Array.from({ length: 189 }, (_, i) => (i * 37) % 256));
+  const own = Image.make(4, 3, new Uint8Array(36).fill(200)); // not the bicubic of hr
+  await Image.write(`${dir}/a.png`, hr);
+  await Image.write(`${dir}/ax2.png`, own);
+  await Image.write(`${dir}/bad.png`, Image.make(5, 3, new Uint8Array(45)));
+  const p = await Effect.runPromise(Data.pairOf(`${dir}/a.png`, 2, `${dir}/ax2.png`));
+  assertEquals(p.lr, own);
+  assertEquals(p.hr, Image.modcrop(hr, 2));
+  const plain = await Effect.runPromise(Data.pairOf(`${dir}/a.png`, 2));
+  assertEquals(plain.lr, Resize.downscale(Image.modcrop(hr, 2), 2));
+  const bad = await Effect.runPromiseExit(Data.pairOf(`${dir}/a.png`, 2, `${dir}/bad.png`));
+  assert(Exit.isFailure(bad));
+  assertStringIncludes(
+    String(bad.cause),
+    `HR is 9x7 (8x6 cropped to a multiple of 2) but its LR file ${dir}/bad.png is 5x3; expected 4x3`,
+  );
 });

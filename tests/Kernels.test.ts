@@ -417,3 +417,191 @@ Deno.test("kernels leak no tensors", async () => {
   }
   assertEquals(tf.memory().numTensors, before);
 });
+
+Deno.test("Cast of bool and int32 to float32, then transposed and reduced over leading axes, equals cpu", async () => {
+  // tfjs-webgpu's own Cast relabelled the integer buffer as float32: Transpose (and so every
+  // reduction over leading axes) read the integers' bits as floats, and gave 0.
+  const run = async () => {
+    const x = tf.add(tf.tensor4d(values(2 * 4 * 5 * 3, 21), [2, 4, 5, 3]), 0);
+    const c = tf.cast(tf.greater(x, 0), "float32");
+    const i = tf.cast(tf.cast(tf.mul(x, 10), "int32"), "float32");
+    const outs = [tf.sum(c, [1, 2]), tf.transpose(c, [0, 3, 1, 2]), tf.mean(i, [1, 2]), c, i];
+    const got = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+    tf.dispose([x, ...outs]);
+    return got;
+  };
+  const ours = await run();
+  const ref = await onCpu(run);
+  ours.forEach((o, k) => assertClose(o, ref[k], `output ${k}`));
+});
+
+Deno.test("fused Adam equals the composite Adam ops, bit for bit on cpu and to 1e-4 (relative) on webgpu", async () => {
+  // The composite is what lib/Optim.ts ran before the fusion (kept in Kernels.adamUpdate as the
+  // fallback): Δ = m'/(√(v'·c) + ε)·(−a), m' = m·β1 + g·(1−β1), v' = v·β2 + g²·(1−β2).
+  const o = { b1: 0.9, b2: 0.999, eps: 1e-8, a: 1e-3 / (1 - 0.9 ** 3), c: 1 / (1 - 0.999 ** 3) };
+  const composite = (g: tf.Tensor, m: tf.Tensor, v: tf.Tensor) => {
+    const m1 = tf.add(tf.mul(m, o.b1), tf.mul(g, 1 - o.b1));
+    const v1 = tf.add(tf.mul(v, o.b2), tf.mul(tf.square(g), 1 - o.b2));
+    return [tf.mul(tf.div(m1, tf.add(tf.sqrt(tf.mul(v1, o.c)), o.eps)), -o.a), m1, v1];
+  };
+  // Sizes with and without the vec4 path; v ≥ 0 as Adam's second moment is.
+  for (const n of [37, 4 * 9 * 16]) {
+    const run = async (fused: boolean) => {
+      const g = tf.tensor1d(values(n, 31));
+      const m = tf.tidy(() => tf.mul(tf.tensor1d(values(n, 32)), 0.1));
+      const v = tf.tidy(() => tf.mul(tf.abs(tf.tensor1d(values(n, 33))), 0.01));
+      const outs = fused ? Kernels.adamUpdate(g, m, v, o) : composite(g, m, v);
+      const got = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+      tf.dispose([g, m, v, ...outs]);
+      return got;
+    };
+    const cpuComposite = await onCpu(() => run(false));
+    const cpuFused = await onCpu(() => run(true));
+    cpuFused.forEach((x, k) =>
+      assertEquals([...x], [...cpuComposite[k]], `cpu output ${k} n ${n}`)
+    );
+    const ours = await run(true);
+    ours.forEach((x, k) => assertClose(x, cpuComposite[k], `output ${k} n ${n}`));
+    const before = tf.memory().numTensors;
+    await run(true);
+    assertEquals(tf.memory().numTensors, before);
+  }
+});
+
+Deno.test({
+  name: "Sum over every axis but the last (bias gradients) equals the cpu backend",
+  ignore: !gpu,
+  fn: async () => {
+    // The EDSR-baseline bias-gradient shape, odd channel counts (the scalar path), keepDims,
+    // negative and unordered axes, one row; and sums that are not column sums (stock kernel).
+    const cases: [number[], number | number[], boolean][] = [
+      [[8, 48, 48, 64], [0, 1, 2], false],
+      [[2, 5, 7, 3], [2, 0, 1], true],
+      [[3, 11, 6], [-3, -2], false],
+      [[1, 1, 1, 12], [0, 1, 2], false],
+      [[40, 5], 0, true],
+      [[4, 6, 8], [1, 2], false],
+      [[4, 6, 8], [0], false],
+    ];
+    for (const [k, [shape, axis, keep]] of cases.entries()) {
+      const run = async () => {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const x = tf.tensor(values(n, 40 + k), shape);
+        const y = tf.sum(x, axis, keep);
+        const got = { shape: y.shape, data: await y.data() as Float32Array };
+        tf.dispose([x, y]);
+        return got;
+      };
+      const ref = await onCpu(run);
+      const before = tf.memory().numTensors;
+      const ours = await run();
+      assertEquals(tf.memory().numTensors, before);
+      assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
+      assertClose(ours.data, ref.data, `sum [${shape}] over ${axis} keepDims ${keep}`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "conv with the bias and ReLU epilogue (tf.fused.conv2d) equals the cpu backend, gradients too",
+  ignore: !gpu,
+  fn: async () => {
+    // The vec4 and scalar output paths, the copy path (64 channels), a 1×1 kernel.
+    const cases: Case[] = [
+      { x: [2, 6, 5, 3], k: 3, o: 5 },
+      { x: [1, 4, 4, 16], k: 3, o: 64 },
+      { x: [2, 3, 5, 4], k: 1, o: 8 },
+    ];
+    for (const [ci, c] of cases.entries()) {
+      const run = async () => {
+        const [n, h, w, i] = c.x;
+        const x = tf.tensor4d(values(n * h * w * i, 50 + ci), c.x);
+        const f = tf.tensor4d(values(c.k * c.k * i * c.o, 60 + ci), [c.k, c.k, i, c.o]);
+        const b = tf.tensor1d(values(c.o, 70 + ci));
+        const r = tf.tensor4d(values(n * h * w * c.o, 80 + ci), [n, h, w, c.o]);
+        const conv = (a: tf.Tensor, k: tf.Tensor, bias: tf.Tensor, activation: "linear" | "relu") =>
+          tf.fused.conv2d({
+            x: a as tf.Tensor4D,
+            filter: k as tf.Tensor4D,
+            strides: 1,
+            pad: "same",
+            bias,
+            activation,
+          });
+        const relu = conv(x, f, b, "relu");
+        const linear = conv(x, f, b, "linear");
+        // Under a gradient tfjs fuses only the linear activation (its shouldFuse).
+        const grads = tf.grads((a: tf.Tensor, k: tf.Tensor, bias: tf.Tensor) =>
+          tf.sum(tf.mul(conv(a, k, bias, "linear"), r))
+        )([x, f, b]);
+        const outs = [relu, linear, ...grads];
+        const got = await Promise.all(outs.map((t) => t.data() as Promise<Float32Array>));
+        tf.dispose([x, f, b, r, ...outs]);
+        return got;
+      };
+      const ref = await onCpu(run);
+      const before = tf.memory().numTensors;
+      const ours = await run();
+      assertEquals(tf.memory().numTensors, before);
+      for (const [j, name] of ["relu", "linear", "dx", "dw", "db"].entries()) {
+        assertClose(ours[j], ref[j], `${name} x ${c.x} k ${c.k} o ${c.o}`);
+      }
+    }
+  },
+});
+
+Deno.test("diffNorm (the mismatch term's norm) equals the composite on cpu and webgpu, gradients and finite differences", async () => {
+  const eps = 1e-12;
+  const composite = (x: tf.Tensor, q: tf.Tensor) =>
+    tf.sqrt(tf.add(tf.sum(tf.square(tf.sub(x, q))), eps)) as tf.Scalar;
+  for (const shape of [[2, 5, 7, 3], [8, 12, 12, 64]]) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const run = async (fused: boolean) => {
+      const x = tf.tensor(values(n, 90), shape);
+      const q = tf.tensor(values(n, 91), shape);
+      const f = fused ? (a: tf.Tensor, b: tf.Tensor) => Kernels.diffNorm(a, b, eps) : composite;
+      const y = f(x, q);
+      const [dx, dq] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.mul(f(a, b), 3))([x, q]);
+      const got = await Promise.all([y, dx, dq].map((t) => t.data() as Promise<Float32Array>));
+      tf.dispose([x, q, y, dx, dq]);
+      return got;
+    };
+    const ref = await onCpu(() => run(false));
+    const before = tf.memory().numTensors;
+    for (
+      const [where, got] of [["cpu", await onCpu(() => run(true))], [
+        "current",
+        await run(true),
+      ]] as const
+    ) {
+      ["norm", "dx", "dq"].forEach((name, j) =>
+        assertClose(got[j], ref[j], `${name} [${shape}] ${where}`)
+      );
+    }
+    assertEquals(tf.memory().numTensors, before);
+  }
+  // Finite differences of the fused op itself (float64 sums of the cpu twin keep them clean).
+  await onCpu(async () => {
+    const x0 = values(6, 92), q = tf.tensor1d(values(6, 93));
+    const at = async (xs: Float32Array) => {
+      const x = tf.tensor1d(xs);
+      const y = Kernels.diffNorm(x, q, eps);
+      const v = (await y.data())[0];
+      tf.dispose([x, y]);
+      return v;
+    };
+    const x = tf.tensor1d(x0);
+    const g = tf.grad((a: tf.Tensor) => Kernels.diffNorm(a, q, eps))(x);
+    const gv = await g.data();
+    for (let i = 0; i < 6; i++) {
+      const h = 1e-2;
+      const up = Float32Array.from(x0), down = Float32Array.from(x0);
+      up[i] += h;
+      down[i] -= h;
+      const fd = ((await at(up)) - (await at(down))) / (2 * h);
+      assertLess(Math.abs(fd - gv[i]), 2e-3, `d/dx${i}: fd ${fd}, grad ${gv[i]}`);
+    }
+    tf.dispose([x, q, g]);
+  });
+});

@@ -1,9 +1,9 @@
 /**
  * The training step and loop: no tensor leaks over 200 steps, the loss falls on a fixed batch,
  * a non-finite loss stops the run with a typed error and leaves a readable checkpoint, and an
- * invalid recipe is refused before any work with the field named. The run folder: a run in it
- * is refused unless resumed (same recipe, enough steps) or replaced; metrics with a torn last
- * line; a patch larger than the data; a resumed run with nothing left to train.
+ * invalid recipe is refused before any work with the field named; a patch larger than the data;
+ * a resumed run with nothing left to train; every evaluation with the run's SSIM border. (The
+ * run folder's rules are in tests/Run.test.ts.)
  */
 import * as tf from "@tensorflow/tfjs";
 import { Cause, Effect, Exit } from "effect";
@@ -18,8 +18,9 @@ import {
 import * as Backend from "../lib/Backend.ts";
 import * as Checkpoint from "../lib/Checkpoint.ts";
 import * as Data from "../lib/Data.ts";
-import * as Quant from "../lib/Quant.ts";
+import * as Evaluate from "../lib/Evaluate.ts";
 import * as Recipe from "../lib/Recipe.ts";
+import * as Run from "../lib/Run.ts";
 import * as Train from "../lib/Train.ts";
 import * as Tree from "../lib/Tree.ts";
 import * as Registry from "../models/registry.ts";
@@ -49,7 +50,7 @@ const tinyRecipe = (over: Partial<Recipe.Input["train"]> = {}) =>
 const prepare = (recipe: Recipe.Recipe) =>
   Effect.runPromise(Effect.gen(function* () {
     const built = yield* Registry.build(recipe.model, 0);
-    const quantized = Quant.quantize(built.model, built.placement(Recipe.quantizers(recipe)!));
+    const quantized = Registry.quantize(recipe, built);
     const ds = yield* Data.load(tinyDir, 2);
     return { built, quantized, ds };
   }));
@@ -147,126 +148,6 @@ const failure = async <A, E>(e: Effect.Effect<A, E>) => {
   return Cause.squash(exit.cause) as Error;
 };
 
-Deno.test("truncateMetrics: a torn last line is dropped with one log line; a bad line before it names file and line", async () => {
-  const dir = await Deno.makeTempDir();
-  const file = `${dir}/metrics.jsonl`;
-  const rec = (step: number) => JSON.stringify({ step, l1: 1 });
-  // Killed while appending step 4: a partial last line.
-  await Deno.writeTextFile(file, [rec(1), rec(2), rec(3), `{"step": 4, "l1": "3`].join("\n"));
-  const lines: string[] = [];
-  await Effect.runPromise(Train.truncateMetrics(file, 2, (l) => lines.push(l)));
-  assertEquals(await Deno.readTextFile(file), `${rec(1)}\n${rec(2)}\n`);
-  assertEquals(lines.length, 1);
-  assertStringIncludes(lines[0], `${file}: dropped a torn last line (line 4`);
-  // An unparsable line in the middle is an error naming the file and the line.
-  await Deno.writeTextFile(file, [rec(1), "{not json", rec(3), ""].join("\n"));
-  const e = await failure(Train.truncateMetrics(file, 3, () => {}));
-  assertInstanceOf(e, Train.MetricsCorrupt);
-  assertStringIncludes(e.message, `${file} line 2: not JSON`);
-  // A missing file is nothing to truncate.
-  await Effect.runPromise(Train.truncateMetrics(`${dir}/none.jsonl`, 1, () => {}));
-  assertEquals(await Deno.stat(`${dir}/none.jsonl`).then(() => true, () => false), false);
-});
-
-Deno.test("recipeDifferences names each differing field; steps, logEvery and checkpointEvery may change", () => {
-  const saved = Recipe.toJSON(tinyRecipe());
-  const w2 = Recipe.toJSON(Recipe.parse({ ...tinyRecipe(), quant: { wbits: 4, abits: 2 } }));
-  assertEquals(Train.recipeDifferences(saved, w2), [
-    "recipe.quant.wbits: 2 in the checkpoint, 4 given",
-  ]);
-  const extended = Recipe.toJSON(tinyRecipe({ steps: 50, logEvery: 5, checkpointEvery: 10 }));
-  assertEquals(Train.recipeDifferences(saved, extended), []);
-  const seeded = Recipe.toJSON(tinyRecipe({ seed: 3, patch: 4 }));
-  assertEquals(Train.recipeDifferences(saved, seeded), [
-    "recipe.train.patch: 6 in the checkpoint, 4 given",
-    "recipe.train.seed: 0 in the checkpoint, 3 given",
-  ]);
-  assertEquals(Train.recipeDifferences(null, saved), ["recipe: the checkpoint holds none"]);
-});
-
-/** A checkpoint of the tiny recipe at `step`, in a fresh folder. */
-async function folderWithCheckpoint(step: number, recipe = tinyRecipe()) {
-  const dir = await Deno.makeTempDir();
-  const params = new Map([["w", tf.ones([2])]]);
-  await Effect.runPromise(Checkpoint.write(`${dir}/checkpoint.bin`, {
-    step,
-    params,
-    opt: new Map(),
-    recipe: Recipe.toJSON(recipe),
-    meta: {},
-  }));
-  params.get("w")!.dispose();
-  return dir;
-}
-
-Deno.test("prepareOut refuses a folder that holds a run, saying what is there; force removes it first", async () => {
-  const dir = await folderWithCheckpoint(5);
-  await Deno.writeTextFile(`${dir}/metrics.jsonl`, '{"step":1}\n');
-  await Deno.writeTextFile(`${dir}/summary.json`, "{}\n");
-  const e = await failure(Train.prepareOut(dir, { resume: false }));
-  assertInstanceOf(e, Train.RunExists);
-  assertEquals(
-    e.message,
-    `${dir} already holds a run (checkpoint at step 5 of 5, metrics.jsonl, summary.json): ` +
-      "use --resume to continue it or --force to replace it",
-  );
-  // Nothing was touched.
-  assertEquals([...Deno.readDirSync(dir)].map((x) => x.name).sort(), [
-    "checkpoint.bin",
-    "metrics.jsonl",
-    "summary.json",
-  ]);
-  // A summary alone is a run too.
-  const lone = await Deno.makeTempDir();
-  await Deno.writeTextFile(`${lone}/summary.json`, "{}\n");
-  assertStringIncludes(
-    (await failure(Train.prepareOut(lone, { resume: false }))).message,
-    "(summary.json)",
-  );
-  const lines: string[] = [];
-  await Effect.runPromise(
-    Train.prepareOut(dir, { resume: false, force: true, log: (l) => lines.push(l) }),
-  );
-  assertEquals([...Deno.readDirSync(dir)], []);
-  assertEquals(lines, [
-    `--force: removed the previous run's checkpoint.bin, metrics.jsonl, summary.json from ${dir}`,
-  ]);
-  // An empty or new folder is fine (and made).
-  await Effect.runPromise(Train.prepareOut(`${dir}/new/run`, { resume: false }));
-  assert((await Deno.stat(`${dir}/new/run`)).isDirectory);
-});
-
-Deno.test("prepareOut refuses an output path that is a file or cannot be created, naming it", async () => {
-  const dir = await Deno.makeTempDir();
-  const file = `${dir}/a-file`;
-  await Deno.writeTextFile(file, "x");
-  const e = await failure(Train.prepareOut(file, { resume: false }));
-  assertInstanceOf(e, Train.OutputInvalid);
-  assertEquals(e.message, `output folder ${file} is a file, not a folder`);
-  const f = await failure(Train.prepareOut(`${file}/run`, { resume: false }));
-  assertInstanceOf(f, Train.OutputInvalid);
-  assertStringIncludes(f.message, `output folder ${file}/run cannot be created: `);
-});
-
-Deno.test("prepareOut on resume refuses another recipe's checkpoint and train.steps below its step", async () => {
-  const dir = await folderWithCheckpoint(5);
-  const w2 = Recipe.parse({ ...tinyRecipe(), quant: { wbits: 3, abits: 2 } });
-  const e = await failure(Train.prepareOut(dir, { resume: true, recipe: Recipe.toJSON(w2) }));
-  assertInstanceOf(e, Train.RecipeChanged);
-  assertStringIncludes(e.message, `cannot resume ${dir}/checkpoint.bin`);
-  assertStringIncludes(e.message, "recipe.quant.wbits: 2 in the checkpoint, 3 given");
-  assertEquals(e.differences.length, 1);
-  const below = Recipe.toJSON(tinyRecipe({ steps: 4 }));
-  const s = await failure(Train.prepareOut(dir, { resume: true, recipe: below }));
-  assertInstanceOf(s, Train.StepsBelowCheckpoint);
-  assertStringIncludes(s.message, "it is at step 5, beyond train.steps 4");
-  // More steps, or as many: fine.
-  for (const steps of [5, 9]) {
-    const more = Recipe.toJSON(tinyRecipe({ steps, logEvery: 3 }));
-    await Effect.runPromise(Train.prepareOut(dir, { resume: true, recipe: more }));
-  }
-});
-
 Deno.test("checkPatch names the folder and the largest LR image when the patch fits none", async () => {
   const ds = await Effect.runPromise(Data.load(tinyDir, 2));
   await Effect.runPromise(Train.checkPatch(24, ds, tinyDir));
@@ -308,6 +189,40 @@ Deno.test("resuming at the last step trains nothing and writes the summary (0 st
   await Deno.writeTextFile(`${out}/summary.json/x`, "");
   const failed = await go(true);
   assert(Exit.isFailure(failed));
-  assertInstanceOf(Cause.squash(failed.cause), Train.RunFileError);
+  assertInstanceOf(Cause.squash(failed.cause), Run.RunFileError);
   assertEquals(await Deno.stat(`${out}/summary.json.tmp`).then(() => true, () => false), false);
+});
+
+Deno.test("every evaluation of a run (FP32, PTQ, QAT) uses the run's SSIM border", async () => {
+  const recipe = tinyRecipe({ steps: 0 });
+  const out = await Deno.makeTempDir();
+  const { built, quantized, ds } = await prepare(recipe);
+  const evalSet = { ...ds, pairs: ds.pairs.slice(0, 1) };
+  // The oracle: the same models scored by Evaluate directly, once per border.
+  const fpParams = Tree.unflatten([...Tree.flatten(built.params)].map(([k, v]) => [k, v.clone()]));
+  const score = (model: typeof quantized, params: Tree.Params, ssim: "same" | "valid") =>
+    Effect.runPromise(
+      Evaluate.evaluate(model, params, evalSet, { ssim }).pipe(Effect.provide(Backend.layer())),
+    );
+  const fpValid = await score(built.model, fpParams, "valid");
+  const fpSame = await score(built.model, fpParams, "same");
+  Tree.dispose(fpParams);
+  const summary = await Effect.runPromise(
+    Train.run(
+      recipe,
+      Recipe.toJSON(recipe),
+      { fp32: built.model, params: built.params, quantized },
+      { train: ds, eval: evalSet },
+      { out, resume: false, log: () => {}, ssim: "valid" },
+    ).pipe(Effect.provide(Backend.layer())),
+  );
+  assertEquals(summary.fp32.ssim, fpValid.ssim);
+  assert(fpValid.ssim !== fpSame.ssim, "the borders give different SSIMs here");
+  // With 0 steps the trained model is the calibrated one: the QAT row equals the PTQ row, and
+  // both are the checkpoint's model scored with the valid border.
+  const ckpt = await Effect.runPromise(Checkpoint.read(`${out}/checkpoint.bin`));
+  const qValid = await score(quantized, Tree.unflatten(ckpt.params), "valid");
+  tf.dispose([...ckpt.params.values(), ...ckpt.opt.values()]);
+  assertEquals(summary.ptq!.ssim, qValid.ssim);
+  assertEquals(summary.qat.ssim, qValid.ssim);
 });

@@ -1,8 +1,17 @@
 /**
  * Every shipped recipe validates, and the default one is the job the README describes; model
- * options are strict (a typo is refused naming the key, the architecture and its options).
+ * options are strict (a typo is refused naming the key, the architecture and its options); a
+ * recipe's JSON form (a checkpoint's) rebuilds its method, built in or from its recipe module,
+ * and recipes of the earlier format (method fields in `quant`/`distill`) still load.
  */
-import { assertEquals, assertGreater, assertStringIncludes, assertThrows } from "@std/assert";
+import {
+  assertEquals,
+  assertGreater,
+  assertRejects,
+  assertStringIncludes,
+  assertThrows,
+} from "@std/assert";
+import * as Quant from "../lib/Quant.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Registry from "../models/registry.ts";
 import { loadRecipe } from "../lib/cli/train.ts";
@@ -23,11 +32,9 @@ Deno.test("every recipe in recipes/ loads and validates", async () => {
     4,
     true,
   ]);
-  assertEquals([recipe.quant.wbits, recipe.quant.abits, recipe.quant.weightRange], [
-    4,
-    4,
-    "clipCorrected",
-  ]);
+  assertEquals([recipe.quant.wbits, recipe.quant.abits, recipe.method.name], [4, 4, "odm"]);
+  // ODM as the paper runs it: weight clipping correction (no options over the defaults).
+  assertEquals(recipe.method.options, {});
   assertEquals(recipe.regularizer.merge, "cooperative");
   const { recipe: odm } = await loadRecipe("odm");
   assertEquals([odm.quant.wbits, odm.train.steps, odm.train.batch, odm.train.patch], [
@@ -90,4 +97,79 @@ Deno.test("an unknown key in model.options is refused, naming the key, the archi
     Registry.ModelError,
   );
   assertStringIncludes(m.message, "options.numBlocks: unknown option for srresnet");
+});
+
+/** The quantizers a recipe places, by layer, as names (to compare two recipes' models). */
+const placed = (r: Recipe.Recipe) =>
+  Quant.layers(Registry.quantize(r, Registry.architecture(r.model))).map((l) =>
+    `${l.path}: ${l.layer.spec.weight?.name ?? "-"} / ${l.layer.spec.input?.name ?? "-"}`
+  );
+
+Deno.test("a recipe's JSON form rebuilds its method: built in by name and options, yours from its module", async () => {
+  for (const name of ["default", "ablation-a", "ablation-f", "esrgan-slim-x4-w4a4-pams"]) {
+    const { recipe, module } = await loadRecipe(name);
+    const json = JSON.parse(JSON.stringify(Recipe.toJSON(recipe, module)));
+    const back = await Recipe.fromJSON(json, `${name}.json`);
+    assertEquals(back.method.name, recipe.method.name, name);
+    assertEquals(back.method.options, recipe.method.options, name);
+    assertEquals(placed(back), placed(recipe), name);
+  }
+  // A method of your own comes back from the recipe module recorded with it.
+  const { recipe, module } = await loadRecipe("esrgan-slim-x4-w4a4-odm-ddtbacts");
+  const json = Recipe.toJSON(recipe, module) as { method: Record<string, unknown> };
+  assertEquals(json.method.name, "odm-ddtb-acts");
+  const back = await Recipe.fromJSON(json, "checkpoint.json");
+  assertEquals(placed(back), placed(recipe));
+  assertStringIncludes(placed(back).find((p) => p.startsWith("rdbs.0.convs.0"))!, "ddtb4");
+  // Without the module, or with one that no longer defines it, the error says which.
+  const orphan = { ...json, method: { name: "odm-ddtb-acts" } };
+  await assertRejects(
+    () => Recipe.fromJSON(orphan, "run/checkpoint.json"),
+    Recipe.MethodUnavailable,
+    'run/checkpoint.json: method "odm-ddtb-acts" is not built in and no recipe module was recorded',
+  );
+  const moved = {
+    ...json,
+    method: { ...json.method, module: new URL("./default.ts", module).href },
+  };
+  await assertRejects(
+    () => Recipe.fromJSON(moved, "run/checkpoint.json"),
+    Recipe.MethodUnavailable,
+    'no longer exports a recipe whose method is "odm-ddtb-acts"',
+  );
+});
+
+Deno.test("recipes of the earlier format load as the methods they described", async () => {
+  const old = (quant: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
+    name: "old",
+    model: { arch: "edsr", scale: 2, options: { numFeat: 4, numBlock: 1 } },
+    quant: { wbits: 2, abits: 2, ...quant },
+    train: { steps: 1 },
+    ...extra,
+  });
+  const cases: Array<[Record<string, unknown>, Record<string, unknown>, string, unknown]> = [
+    [{}, {}, "odm", {}],
+    [{ weightRange: "clipCorrected" }, {}, "odm", {}],
+    [{ weightRange: "learnable" }, { regularizer: { merge: "reconstruction" } }, "odm", {
+      weightRange: "learnable",
+    }],
+    [{ weightRange: "max" }, {}, "odm", { weightRange: "max" }],
+    [{ weightRange: "pams", activationRange: "pams" }, { distill: { weight: 1e3 } }, "pams", {}],
+    [{ activationRange: "daq" }, {}, "daq", {}],
+  ];
+  for (const [quant, extra, name, options] of cases) {
+    // As a recipe file would write it, and as a checkpoint of that format stored it.
+    for (
+      const r of [Recipe.parse(old(quant, extra)), await Recipe.fromJSON(old(quant, extra), "c")]
+    ) {
+      assertEquals([r.method.name, r.method.options], [name, options], JSON.stringify(quant));
+      assertEquals(Object.keys(r.quant).sort(), ["abits", "percentile", "wbits"]);
+    }
+  }
+  const ddtb = await Recipe.fromJSON(
+    old({ activationRange: "ddtb", dynamicLayers: ["body.blocks.0.out"] }),
+    "c",
+  );
+  assertEquals([ddtb.method.name, ddtb.decisions], ["ddtb", { dynamic: ["body.blocks.0.out"] }]);
+  assertStringIncludes(placed(ddtb).find((p) => p.startsWith("body.blocks.0.out"))!, "gate");
 });

@@ -9,7 +9,6 @@ import { assert, assertEquals, assertLess } from "@std/assert";
 import * as Data from "../lib/Data.ts";
 import * as Loss from "../lib/Loss.ts";
 import * as Nn from "../lib/Nn.ts";
-import * as Quant from "../lib/Quant.ts";
 import * as Recipe from "../lib/Recipe.ts";
 import * as Tree from "../lib/Tree.ts";
 import * as Tape from "../lib/internal/tape.ts";
@@ -31,7 +30,7 @@ const tinyRecipe = () =>
 const prepare = (recipe: Recipe.Recipe) =>
   Effect.runPromise(Effect.gen(function* () {
     const built = yield* Registry.build(recipe.model, 0);
-    const quantized = Quant.quantize(built.model, built.placement(Recipe.quantizers(recipe)!));
+    const quantized = Registry.quantize(recipe, built);
     const ds = yield* Data.load(tinyDir, 2);
     return { built, quantized, ds };
   }));

@@ -8,6 +8,7 @@ Prints {"rows": [{"name", "seconds"}]} (median seconds per step after one warm-u
 Optional: bench/step.ts skips it when python3 or torch is missing.
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -19,7 +20,10 @@ import torch.nn.functional as F
 torch.set_num_threads(2)
 torch.manual_seed(0)
 
-RGB_MEAN = torch.tensor([0.4488, 0.4371, 0.404]).view(1, 3, 1, 1) * 255.0
+# QAT_TORCH_DEVICE=cuda for bench/gpu.sh on a GPU machine; the default is the CPU (2 threads),
+# the baseline of bench/step.ts on the project's machines.
+DEVICE = torch.device(os.environ.get("QAT_TORCH_DEVICE", "cpu"))
+RGB_MEAN = (torch.tensor([0.4488, 0.4371, 0.404]).view(1, 3, 1, 1) * 255.0).to(DEVICE)
 EPS = 1e-6
 NORM_EPS = 1e-12
 
@@ -115,9 +119,9 @@ def calibrate(model, lr):
 
 def stepper(f, n, method, batch, patch):
     quant = None if method == "fp32" else (2, "learnable" if method == "plain" else "clipCorrected")
-    model = EDSR(f, n, quant)
-    lr = torch.rand(batch, 3, patch, patch) * 255
-    hr = torch.rand(batch, 3, patch * 4, patch * 4) * 255
+    model = EDSR(f, n, quant).to(DEVICE)
+    lr = (torch.rand(batch, 3, patch, patch) * 255).to(DEVICE)
+    hr = (torch.rand(batch, 3, patch * 4, patch * 4) * 255).to(DEVICE)
     qps = [p for q in model.qconvs() for p in q.quant_params()]
     qids = {id(p) for p in qps}
     weights = [p for p in model.parameters() if id(p) not in qids]

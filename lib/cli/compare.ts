@@ -1,27 +1,33 @@
 /**
- * `deno task compare [--methods odm,lsq,max,pams,daq,ddtb | --ablation] [--model esrgan-slim]
- *   [--scale 4] [--bits 4] [--steps N] [--out DIR] [--data DIR] [--eval-images N]
+ * `deno task compare [--methods odm,lsq,max,pams,daq,ddtb,recipe | --ablation]
+ *   [--model esrgan-slim] [--scale 4] [--bits 4] [--steps N] [--out DIR] [--data DIR]
+ *   [--train-data DIR] [--eval-data DIR] [--eval-images N] [--ssim valid|same]
  *   [--recipe <file or name>] [--json]`
  *
- * Trains every method from one base recipe (default `recipes/default.ts`: pretrained
- * esrgan-slim ×4) with the same seed, data order and steps, each through `Train.run` into
- * `<out>/<method>/`, and prints one Markdown table in the layout of the ODM paper's tables:
- * method, W/A, PSNR/SSIM on the eval set, storage (K) and BitOPs (T) for a 1920×1080 output
- * (`Cost.of`, which charges each method's own quantizer parameters and run-time statistics).
- * Writes `<out>/compare.json` and `<out>/compare.md`. `--ablation` runs Table 7 (a)–(e)
- * instead. An interrupted comparison resumes: methods whose `summary.json` exists are read,
- * not run again, and a half-done one continues from its checkpoint. `--json` prints only
- * `{"rows": [...]}` on stdout (progress goes to stderr).
+ * Trains every method (lib/methods/; `recipe` is the base recipe's own method, e.g. one of your
+ * own) from one base recipe (default `recipes/default.ts`: pretrained esrgan-slim ×4) with the
+ * same seed, data order and steps, each through `Train.run` into `<out>/<method>/`, and prints
+ * one Markdown table in the layout of the ODM paper's tables: method, W/A, PSNR/SSIM on the eval
+ * set (SSIM as the papers' tables: MATLAB `ssim_index`, `valid`), storage (K) and BitOPs (T)
+ * for a 1920×1080 output (`Cost.of`, which charges each method's quantizers: their parameters,
+ * DDTB's gates, DAQ's run-time statistics). Writes `<out>/compare.json` and `<out>/compare.md`.
+ * `--ablation` runs Table 7 (a)–(e) and the global-cosine row (f) instead. An interrupted
+ * comparison resumes: methods whose `summary.json` exists are read, not run again, and a
+ * half-done one continues from its checkpoint. `--json` prints only `{"rows": [...]}` on stdout
+ * (progress goes to stderr).
  *
  * @module
  */
-import { Effect } from "effect";
+import { Cause, Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
-import * as Baselines from "../Baselines.ts";
+import type * as Method from "../Method.ts";
+import * as Methods from "../methods/mod.ts";
 import * as Cost from "../Cost.ts";
 import * as Data from "../Data.ts";
+import * as Loader from "../Loader.ts";
 import * as Recipe from "../Recipe.ts";
+import * as Report from "../Report.ts";
 import * as Train from "../Train.ts";
 import * as Tree from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
@@ -39,7 +45,10 @@ const Options = z.object({
   ablation: z.literal(true).optional(),
   out: z.string().default("runs/compare"),
   data: z.string().optional(),
+  "train-data": z.string().optional(),
+  "eval-data": z.string().optional(),
   "eval-images": z.coerce.number().int().positive().optional(),
+  ssim: z.enum(["valid", "same"]).default("valid"),
   json: z.literal(true).optional(),
   help: z.literal(true).optional(),
 }).strict();
@@ -50,11 +59,15 @@ const USAGE = `usage: deno task compare [options]
   --scale        2, 3 or 4 (default: the recipe's)
   --bits         weight and activation bits (default: the recipe's)
   --steps        training steps per method (default: the recipe's)
-  --methods      comma list of ${Object.keys(Baselines.methods).join(",")} (default: all)
-  --ablation     run Table 7 (a)–(e) instead of --methods
+  --methods      comma list of ${Object.keys(Methods.comparison).join(",")}, and recipe
+                 (the base recipe's own method) (default: all built-in ones)
+  --ablation     run Table 7 (a)–(e) and (f), ODM with one global cosine, instead of --methods
   --out          output folder (default: runs/compare); each method in <out>/<method>/
   --data         folder of HR images for training and evaluation (default: the recipe's)
+  --train-data   folder of HR training images (overrides --data)
+  --eval-data    folder of HR evaluation images (overrides --data)
   --eval-images  evaluate on the first N images only
+  --ssim         SSIM border: valid (default, MATLAB ssim_index as the papers) or same
   --json         print only {"rows": [...]} on stdout`;
 
 /** One row of the comparison. */
@@ -105,9 +118,14 @@ export const program = (argv: ReadonlyArray<string>) =>
       return [];
     }
     const say = opts.json ? (l: string) => console.error(l) : (l: string) => console.log(l);
-    const table_ = opts.ablation ? Baselines.ablations : Baselines.methods;
+    // The base recipe with the command-line overrides, validated before any work.
+    const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
+    const b = loaded.recipe;
+    const table_: Readonly<Record<string, Method.Method>> = opts.ablation
+      ? Methods.ablation
+      : { ...Methods.comparison, recipe: b.method };
     const keys = opts.ablation
-      ? Object.keys(Baselines.ablations)
+      ? Object.keys(Methods.ablation)
       : opts.methods.split(",").map((m) => m.trim()).filter((m) => m !== "");
     const unknown = keys.filter((k) => !(k in table_));
     if (unknown.length > 0 || keys.length === 0) {
@@ -115,9 +133,6 @@ export const program = (argv: ReadonlyArray<string>) =>
         `unknown method(s) ${unknown.join(", ")}; choose from ${Object.keys(table_).join(",")}`,
       );
     }
-    // The base recipe with the command-line overrides, validated before any work.
-    const loaded = yield* Effect.promise(() => loadRecipe(opts.recipe));
-    const b = loaded.recipe;
     const model = opts.model
       ? {
         ...b.model,
@@ -134,10 +149,23 @@ export const program = (argv: ReadonlyArray<string>) =>
       data: {
         ...b.data,
         ...(opts.data ? { train: opts.data, eval: opts.data } : {}),
+        ...(opts["train-data"] ? { train: opts["train-data"] } : {}),
+        ...(opts["eval-data"] ? { eval: opts["eval-data"] } : {}),
         ...(opts["eval-images"] ? { evalImages: opts["eval-images"] } : {}),
       },
     }, "(compare base)");
-    const recipes = keys.map((k) => [k, Recipe.parse(Baselines.vary(base, k, table_[k]))] as const);
+    // Every method on the base recipe: same model, bits, schedule, data and seed.
+    const recipes = keys.map((k) =>
+      [
+        k,
+        Recipe.parse({
+          ...base,
+          name: `${base.name}-${k}`,
+          method: table_[k],
+          decisions: undefined,
+        }, `(compare ${k})`),
+      ] as const
+    );
     const scale = base.model.scale;
     yield* Backend.Backend;
     yield* Effect.promise(() => Deno.mkdir(opts.out, { recursive: true }));
@@ -148,7 +176,12 @@ export const program = (argv: ReadonlyArray<string>) =>
       which: "train" | "eval",
     ) => (d === "embedded" ? Data.embedded[which] : d);
     const trainDir = dir(base.data.train, "train");
-    const train = yield* Data.load(trainDir, scale, { name: "train" });
+    // [issue 14] Streamed from disk (a prepared folder when there is one), memory bounded.
+    const train = yield* Loader.open(trainDir, scale, {
+      name: "train",
+      log: say,
+      ...Loader.fromEnv(),
+    });
     yield* Train.checkPatch(base.train.patch, train, trainDir);
     const evalAll = yield* Data.load(dir(base.data.eval, "eval"), scale, { name: "eval" });
     const evalSet = base.data.evalImages
@@ -172,10 +205,16 @@ export const program = (argv: ReadonlyArray<string>) =>
         say(`${key}: ${table_[key].label} → ${out}`);
         summary = yield* Train.run(
           recipe,
-          Recipe.toJSON(recipe),
+          Recipe.toJSON(recipe, key === "recipe" ? loaded.module : undefined),
           { fp32: built.model, params: built.params, quantized },
           { train, eval: evalSet },
-          { out, resume: true, log: (l) => say(`  [${key}] ${l}`) },
+          {
+            out,
+            resume: true,
+            log: (l) => say(`  [${key}] ${l}`),
+            ssim: opts.ssim,
+            calibrationBatches: Registry.calibrationBatches(recipe),
+          },
         );
       }
       const c = Cost.of(quantized, cost);
@@ -208,7 +247,7 @@ export const program = (argv: ReadonlyArray<string>) =>
     const md = table(all, scale, evalName);
     const header =
       `${base.model.arch} ×${scale}, ${base.train.steps} steps, seed ${base.train.seed}, ` +
-      `eval ${evalSet.pairs.length} images`;
+      `eval ${evalSet.pairs.length} images, SSIM "${opts.ssim}"`;
     yield* Effect.promise(async () => {
       await Deno.writeTextFile(
         `${opts.out}/compare.json`,
@@ -216,6 +255,13 @@ export const program = (argv: ReadonlyArray<string>) =>
       );
       await Deno.writeTextFile(`${opts.out}/compare.md`, `${header}\n\n${md}\n`);
     });
+    // The page (table, curves, Fig. 4 crops, Fig. 5 for an ablation): the tables above are on
+    // disk already, so a failure here is reported and the task still succeeds.
+    yield* Report.writeCompare(opts.out, { log: say }).pipe(
+      Effect.catchCause((cause) =>
+        Effect.sync(() => say(`report: not written (${Cause.pretty(cause).split("\n")[0]})`))
+      ),
+    );
     if (opts.json) {
       console.log(JSON.stringify({
         rows: all.map((r) => ({

@@ -1,18 +1,19 @@
 /**
- * `deno task cost --model <name> [--scale 4] [--bits B | --wbits B --abits B] [--method odm]
- * [--size 1920x1080] [--json]`
+ * `deno task cost --model <name> [--scale 4] [--bits B | --wbits B --abits B]
+ * [--method odm | --recipe <file or name>] [--size 1920x1080] [--json]`
  *
- * Prints the storage and BitOPs of a model and quantization scheme (Table 6 of the ODM paper),
- * computed by {@link Cost.of} from the model's layers, next to its FP32 figures, and a
- * breakdown by part of the model. `--json` prints one JSON object
- * (`{"storageK", "bitopsT", …}`) and nothing else on stdout.
+ * Prints the storage and BitOPs of a model and quantization method (Table 6 of the ODM paper),
+ * computed by {@link Cost.of} from the model's layers with the method's quantizers (their
+ * stored parameters, DDTB's gates, DAQ's run-time statistics), next to its FP32 figures, and a
+ * breakdown by part of the model. `--recipe` counts a recipe's own method (yours). `--json`
+ * prints one JSON object (`{"storageK", "bitopsT", …}`) and nothing else on stdout.
  *
  * @module
  */
 import { Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
-import * as Baselines from "../Baselines.ts";
+import * as Methods from "../methods/mod.ts";
 import * as Cost from "../Cost.ts";
 import * as Data from "../Data.ts";
 import * as Quant from "../Quant.ts";
@@ -21,35 +22,27 @@ import * as Tree from "../Tree.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
 import * as Main from "./Main.ts";
+import { loadRecipe } from "./train.ts";
 
 const bits = z.coerce.number().int().refine((b) => (b >= 1 && b <= 8) || b === 32, {
   message: "bits must be 1–8 or 32",
 });
 
 /**
- * Quantizer ranges of each method (they decide the quantizer parameters that are stored and
- * the run-time arithmetic of dynamic quantizers): the compared methods (`Baselines.methods`)
- * and per-call percentiles for both (nothing stored).
- */
-const METHODS: Record<string, Pick<Recipe.Input["quant"], "weightRange" | "activationRange">> = {
-  ...Object.fromEntries(Object.entries(Baselines.methods).map(([k, v]) => [k, v.quant])),
-  percentile: { weightRange: "percentile", activationRange: "percentile" },
-};
-
-/**
- * DDTB's gated layers are picked from data: for `--method ddtb` the FP model (pretrained
- * weights for esrgan-*, else its seeded initialisation) runs on this many embedded training
- * patches.
+ * A method that decides from data (DDTB's gated layers) does it here on the FP model
+ * (pretrained weights for esrgan-*, else its seeded initialisation) over this many embedded
+ * training patches.
  */
 const DDTB_SELECTION = { calibrationBatches: 2, batch: 2, patch: 16 };
 
 const Options = z.object({
-  model: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]),
-  scale: z.enum(["2", "3", "4"]).default("4").transform(Number),
+  model: z.enum(["edsr", "rdn", "srresnet", "swinir", "esrgan-slim", "esrgan-medium"]).optional(),
+  scale: z.enum(["2", "3", "4"]).transform(Number).optional(),
   bits: bits.optional(),
   wbits: bits.optional(),
   abits: bits.optional(),
-  method: z.enum(["odm", "lsq", "max", "pams", "daq", "ddtb", "percentile"]).default("odm"),
+  method: z.enum(Methods.NAMES).default("odm"),
+  recipe: z.string().optional(),
   size: z.string().regex(/^[1-9][0-9]*x[1-9][0-9]*$/, "expected WIDTHxHEIGHT, e.g. 1920x1080")
     .default("1920x1080"),
   bias: z.enum(["fp", "layer", "none"]).default("fp"),
@@ -57,21 +50,28 @@ const Options = z.object({
   "mean-shift": z.literal(true).optional(),
   json: z.literal(true).optional(),
   help: z.literal(true).optional(),
-}).strict();
+}).strict().refine((o) => o.model !== undefined || o.recipe !== undefined, {
+  path: ["model"],
+  message: "give --model (or --recipe, whose model is then used)",
+});
 
 /** Options without a value. */
 const FLAGS = ["json", "help", "concat", "mean-shift"];
 
 const USAGE =
   `usage: deno task cost --model <edsr|rdn|esrgan-slim|esrgan-medium> [--scale 4] [--bits B]
-                       [--wbits B] [--abits B] [--method odm] [--size 1920x1080] [--json]
-  --model       architecture (rdn: config B; esrgan-*: the @upscalerjs networks)
-  --scale       2, 3 or 4 (default 4)
-  --bits        weight and activation bits (1–8, 32 = FP; default 32)
+                       [--wbits B] [--abits B] [--method odm | --recipe R] [--size 1920x1080]
+                       [--json]
+  --model       architecture (rdn: config B; esrgan-*: the @upscalerjs networks; default:
+                the recipe's)
+  --scale       2, 3 or 4 (default: the recipe's, else 4)
+  --bits        weight and activation bits (1–8, 32 = FP; default: the recipe's, else 32)
   --wbits/--abits  override --bits for weights / activations
-  --method      odm | lsq | max | pams | daq | ddtb | percentile: the quantizers whose parameters
-                and run-time arithmetic are counted (default odm; ddtb picks its gated layers
-                on a few embedded training patches first)
+  --method      ${Methods.NAMES.join(" | ")}: the method whose quantizers are counted (their
+                parameters, gates and run-time arithmetic; default odm; ddtb picks its gated
+                layers on a few embedded training patches first)
+  --recipe      count this recipe (a file, or a name under recipes/): its method, and its
+                model, scale and bits unless given
   --size        output size WIDTHxHEIGHT (default 1920x1080, as Table 6)
   --bias        bias adds at fp (default) | layer bits | none
   --concat      count concatenations (one op per element); --mean-shift count mean-shift adds
@@ -79,12 +79,10 @@ const USAGE =
 
 const fmtInt = (n: number) => Math.round(n).toLocaleString("en");
 
-/** The recipe with DDTB's gated layers picked (see {@link DDTB_SELECTION}); others as given. */
+/** The recipe with its method's decisions made (see {@link DDTB_SELECTION}). */
 const resolve = (recipe: Recipe.Recipe) =>
   Effect.gen(function* () {
-    if (recipe.quant.activationRange !== "ddtb" || Recipe.quantizers(recipe) === undefined) {
-      return recipe;
-    }
+    if (!recipe.method.decide || Recipe.isFullPrecision(recipe)) return recipe;
     const built = yield* Registry.build(recipe.model, recipe.train.seed);
     const train = yield* Data.load(Data.embedded.train, recipe.model.scale, { name: "train" });
     const resolved = yield* Registry.resolve(recipe, built, train);
@@ -101,19 +99,35 @@ export const program = (argv: ReadonlyArray<string>) =>
       return undefined;
     }
     yield* Backend.Backend;
-    const scale = opts.scale as 2 | 3 | 4;
-    const wbits = opts.wbits ?? opts.bits ?? 32;
-    const abits = opts.abits ?? opts.bits ?? 32;
+    const base = opts.recipe
+      ? (yield* Effect.promise(() => loadRecipe(opts.recipe!))).recipe
+      : undefined;
+    const arch_ = opts.model ?? base!.model.arch;
+    // A recipe's model options hold for its own architecture only.
+    const options = base && base.model.arch === arch_ && !base.model.pretrained
+      ? base.model.options
+      : {};
+    const scale = (opts.scale ?? base?.model.scale ?? 4) as 2 | 3 | 4;
+    const wbits = opts.wbits ?? opts.bits ?? base?.quant.wbits ?? 32;
+    const abits = opts.abits ?? opts.bits ?? base?.quant.abits ?? 32;
     const [width, height] = opts.size.split("x").map(Number);
-    const { model, placement } = Registry.architecture({ arch: opts.model, scale, options: {} });
+    const arch = Registry.architecture({ arch: arch_, scale, options });
+    const model = arch.model;
+    const method = base?.method ?? Methods.byName(opts.method)!;
     const given = Recipe.parse({
       name: "cost",
-      model: { arch: opts.model, scale, pretrained: opts.model.startsWith("esrgan") },
-      quant: { wbits, abits, ...METHODS[opts.method] },
+      model: {
+        arch: arch_,
+        scale,
+        options,
+        pretrained: arch_.startsWith("esrgan") && !Object.keys(options).length,
+      },
+      method,
+      quant: { wbits, abits, ...(base ? { percentile: base.quant.percentile } : {}) },
       train: { steps: 0, ...DDTB_SELECTION },
     });
     const recipe = yield* resolve(given);
-    const quantized = Registry.quantize(recipe, { model, placement });
+    const quantized = Registry.quantize(recipe, arch);
     const costOpts: Cost.Options = {
       outputHeight: height,
       outputWidth: width,
@@ -126,19 +140,19 @@ export const program = (argv: ReadonlyArray<string>) =>
     const c = Cost.of(quantized, costOpts);
     const layers = Quant.layers(quantized).length;
     const result = {
-      model: opts.model,
+      model: arch_,
       scale,
       size: { width, height },
       wbits,
       abits,
-      method: opts.method,
+      method: method.name,
       storageK: c.storageK,
       bitopsT: c.bitopsT,
       flops: c.flops,
       macs: c.macs,
       params: c.params,
       quantizedLayers: layers,
-      ...(recipe.quant.dynamicLayers ? { dynamicLayers: recipe.quant.dynamicLayers } : {}),
+      ...(recipe.decisions ? { decisions: recipe.decisions } : {}),
       fp32: { storageK: fp.storageK, bitopsT: fp.bitopsT },
       parts: Cost.byPart(c),
       unmodelled: c.unmodelled,
@@ -150,11 +164,11 @@ export const program = (argv: ReadonlyArray<string>) =>
     const row = (label: string, r: Cost.Result) =>
       `| ${label} | ${fmtInt(r.params)} | ${r.storageK.toFixed(1)} | ${r.bitopsT.toFixed(1)} |`;
     const lines = [
-      `| ${opts.model} ×${scale}, ${width}×${height} output | params | storage (K) | BitOPs (T) |`,
+      `| ${arch_} ×${scale}, ${width}×${height} output | params | storage (K) | BitOPs (T) |`,
       "|---|---|---|---|",
       row("FP32", fp),
       ...(quantized !== model
-        ? [row(`W${wbits}A${abits} (${opts.method}, ${layers} quantized layers)`, c)]
+        ? [row(`W${wbits}A${abits} (${method.name}, ${layers} quantized layers)`, c)]
         : []),
       "",
       `| part | storage (K) | BitOPs (T) |`,
@@ -166,8 +180,8 @@ export const program = (argv: ReadonlyArray<string>) =>
       ),
     ];
     console.log(lines.join("\n"));
-    if (recipe.quant.dynamicLayers) {
-      console.log(`\nDDTB gates on: ${recipe.quant.dynamicLayers.join(", ")}`);
+    if (recipe.decisions) {
+      console.log(`\n${method.name} decided: ${JSON.stringify(recipe.decisions)}`);
     }
     if (c.unmodelled.length > 0) {
       console.error(`warning: no FLOP model for [${c.unmodelled.join(", ")}] (counted as 0)`);
@@ -180,7 +194,7 @@ if (import.meta.main) {
   const ddtb = (() => {
     try {
       const parsed = Options.safeParse(Args.split(Deno.args, FLAGS));
-      return parsed.success && parsed.data.method === "ddtb";
+      return parsed.success && (parsed.data.method === "ddtb" || parsed.data.recipe !== undefined);
     } catch {
       return false;
     }

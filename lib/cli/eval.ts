@@ -119,7 +119,7 @@ interface Candidate {
   readonly wbits: number;
   readonly abits: number;
   readonly load: () => Effect.Effect<
-    { readonly model: Nn.AnyLayer; readonly params: Params },
+    { readonly model: Nn.AnyLayer; readonly params: Params; readonly step?: number },
     unknown
   >;
 }
@@ -141,7 +141,7 @@ const fromCheckpoint = (file: string, c: Checkpoint.Contents, recipe: Recipe.Rec
     const mismatch = Checkpoint.check(file, c.params, init);
     for (const t of init.values()) t.dispose();
     if (mismatch) return yield* Effect.fail(mismatch);
-    return { model: model as Nn.AnyLayer, params: Tree.unflatten(c.params) };
+    return { model: model as Nn.AnyLayer, params: Tree.unflatten(c.params), step: c.step };
   });
 
 const fmtScore = (s: SetScore | undefined) =>
@@ -203,9 +203,10 @@ export const program = (argv: ReadonlyArray<string>) =>
       const file = yield* Effect.promise(() => checkpointFile(p));
       const c = yield* Checkpoint.read(file);
       for (const t of c.opt.values()) t.dispose();
-      const recipe = yield* Effect.try({
-        try: () => Recipe.parse(c.recipe, `${file} (stored recipe)`),
-        catch: (e) => e as Recipe.RecipeInvalid,
+      // The stored recipe: a built-in method by name, one of yours from its recipe module.
+      const recipe = yield* Effect.tryPromise({
+        try: () => Recipe.fromJSON(c.recipe, `${file} (stored recipe)`),
+        catch: (e) => e as Recipe.RecipeInvalid | Recipe.MethodUnavailable,
       });
       checkpoints.push({ file, c, recipe });
     }
@@ -294,7 +295,7 @@ export const program = (argv: ReadonlyArray<string>) =>
     rows.push(bicubic);
     for (const cand of candidates) {
       log(`evaluating ${cand.label}`);
-      const { model, params } = yield* cand.load();
+      const { model, params, step } = yield* cand.load();
       const row: Row = { model: cand.label, wbits: cand.wbits, abits: cand.abits, sets: {} };
       try {
         for (const set of sets) {
@@ -302,6 +303,7 @@ export const program = (argv: ReadonlyArray<string>) =>
           if (opts.save) yield* Effect.promise(() => Deno.mkdir(dir, { recursive: true }));
           const s = yield* Evaluate.evaluate(model, params, set, {
             ssim: opts.ssim,
+            step: step ?? 0, // the checkpoint's training step (DDTB's gates are used past stage 1)
             onImage: progress(cand.label, set.name),
             onFailure: (file, reason) =>
               console.error(`warning: ${cand.label} | ${set.name}: ${file}: ${reason}; left out`),

@@ -18,9 +18,13 @@ import { Effect } from "effect";
 import * as z from "zod";
 import * as Backend from "../Backend.ts";
 import * as Data from "../Data.ts";
+import * as Loader from "../Loader.ts";
 import * as Nn from "../Nn.ts";
 import * as Quant from "../Quant.ts";
 import * as Recipe from "../Recipe.ts";
+import * as Checkpoint from "../Checkpoint.ts";
+import type * as Method from "../Method.ts";
+import * as Run from "../Run.ts";
 import * as Train from "../Train.ts";
 import * as Registry from "../../models/registry.ts";
 import * as Args from "./Args.ts";
@@ -46,7 +50,9 @@ const USAGE = `usage: deno task train [--recipe <file or name>] [--steps N] [--o
   --seed     override the recipe's seed`;
 
 /** Loads a recipe from a file path or a name in `recipes/`, validated. */
-export async function loadRecipe(spec: string): Promise<{ recipe: Recipe.Recipe; source: string }> {
+export async function loadRecipe(
+  spec: string,
+): Promise<{ recipe: Recipe.Recipe; source: string; module: string }> {
   const isFile = spec.endsWith(".ts") || spec.includes("/");
   const url = isFile
     ? new URL(spec, `file://${Deno.cwd()}/`)
@@ -65,7 +71,11 @@ export async function loadRecipe(spec: string): Promise<{ recipe: Recipe.Recipe;
     );
   }
   if (mod.default === undefined) throw new Error(`recipe ${url.pathname} has no default export`);
-  return { recipe: Recipe.parse(mod.default, url.pathname), source: url.pathname };
+  return {
+    recipe: Recipe.parse(mod.default, url.pathname),
+    source: url.pathname,
+    module: url.href,
+  };
 }
 
 /** The whole `train` task as an Effect program. */
@@ -87,7 +97,7 @@ export const program = (argv: ReadonlyArray<string>) =>
     const out = opts.out ?? `runs/${given.name}`;
     const resume = opts.resume === true;
     const force = opts.force === true;
-    yield* Train.prepareOut(out, { resume, force, recipe: Recipe.toJSON(given) });
+    yield* Run.prepareOut(out, { resume, force, recipe: Recipe.toJSON(given, loaded.module) });
     const backend = yield* Backend.Backend;
     console.log(`recipe: ${given.name} (${loaded.source}) → ${out}`);
     const scale = given.model.scale;
@@ -101,9 +111,11 @@ export const program = (argv: ReadonlyArray<string>) =>
         : undefined;
     const trainDir = dir(given.data.train, "train");
     console.log(`loading training images from ${trainDir}`);
-    const train = yield* Data.load(trainDir, scale, {
+    // [issue 14] Streamed from disk (a prepared folder when there is one), memory bounded.
+    const train = yield* Loader.open(trainDir, scale, {
       name: "train",
-      onImage: progress("train"),
+      log: console.log,
+      ...Loader.fromEnv(),
     });
     yield* Train.checkPatch(given.train.patch, train, trainDir);
     const evalAll = yield* Data.load(dir(given.data.eval, "eval"), scale, {
@@ -114,9 +126,22 @@ export const program = (argv: ReadonlyArray<string>) =>
       ? { ...evalAll, pairs: evalAll.pairs.slice(0, given.data.evalImages) }
       : evalAll;
     const built = yield* Registry.build(given.model, given.train.seed);
-    const recipe = yield* Registry.resolve(given, built, train);
-    if (recipe.quant.dynamicLayers && !given.quant.dynamicLayers) {
-      console.log(`DDTB gates (most variable inputs): ${recipe.quant.dynamicLayers.join(", ")}`);
+    // A resumed run keeps the decisions its method made from data at the start (DDTB's gates).
+    const ckpt = `${out}/checkpoint.bin`;
+    const saved = resume && (yield* Run.exists(ckpt))
+      ? ((yield* Checkpoint.readHeader(ckpt)).recipe as { decisions?: Method.Decisions })
+      : undefined;
+    const recipe = yield* Registry.resolve(
+      saved?.decisions && !given.decisions
+        ? Recipe.parse({ ...given, decisions: saved.decisions }, loaded.source)
+        : given,
+      built,
+      train,
+    );
+    if (recipe.decisions && !given.decisions) {
+      console.log(
+        `${recipe.method.name} decided from the data: ${JSON.stringify(recipe.decisions)}`,
+      );
     }
     const quantized = Registry.quantize(recipe, built);
     console.log(
@@ -127,19 +152,28 @@ export const program = (argv: ReadonlyArray<string>) =>
           Quant.layers(quantized).length
         } quantized layers`,
     );
+    console.log(`method: ${recipe.method.label}`);
     const summary = yield* Train.run(
       recipe,
-      Recipe.toJSON(recipe),
+      Recipe.toJSON(recipe, loaded.module),
       { fp32: built.model, params: built.params, quantized },
       { train, eval: evalSet },
-      { out, resume, force },
+      {
+        out,
+        resume,
+        force,
+        stages: recipe.hooks.stages,
+        stopWhen: recipe.hooks.stopWhen,
+        calibrationBatches: Registry.calibrationBatches(recipe),
+      },
     );
     console.log("");
     console.log(Train.table(summary, scale));
     console.log(
-      `\n${summary.steps} steps in ${summary.seconds.toFixed(0)} s (whole run ${
+      // seconds add up over resumes; wallSeconds is this invocation (evaluation included).
+      `\n${summary.steps} steps, ${summary.seconds.toFixed(0)} s of training in all (this run ${
         summary.wallSeconds.toFixed(0)
-      } s) on ${backend.name}; ` +
+      } s with evaluation) on ${backend.name}; ` +
         `wrote ${out}/summary.json, ${out}/metrics.jsonl, ${out}/checkpoint.bin`,
     );
     return summary;

@@ -1,13 +1,13 @@
 /**
- * `deno task compare` end to end on the tiny fixture (EDSR 4 ch, 1 block, ×2, 3 steps) in a
+ * `deno task compare` end to end on the tiny fixture (EDSR 4 ch, 2 blocks, ×2, 3 steps) in a
  * child process: one table row per method plus FP32, `--json` prints only parseable JSON, the
- * files are written, and a second invocation reads the finished methods instead of training
+ * files (and the comparison page) are written, and a second invocation reads the finished methods instead of training
  * them and resumes a half-done one from its checkpoint.
  */
 import { assert, assertEquals } from "@std/assert";
 
 const root = new URL("../../", import.meta.url).pathname;
-const recipe = new URL("../fixtures/tiny-recipe.ts", import.meta.url).pathname;
+const recipe = new URL("../fixtures/tiny-compare-recipe.ts", import.meta.url).pathname;
 
 const compare = async (args: string[]) => {
   const r = await new Deno.Command(Deno.execPath(), {
@@ -36,6 +36,7 @@ Deno.test("compare runs each method, prints one table, writes files, and resumes
   const saved = JSON.parse(await Deno.readTextFile(`${out}/compare.json`));
   assertEquals(saved.rows.length, 5);
   for (const m of methods) assert((await Deno.stat(`${out}/${m}/summary.json`)).isFile, m);
+  assert((await Deno.readTextFile(`${out}/report.html`)).includes("<svg"), "the comparison page");
 
   // Second invocation: the finished methods are read back, a half-done one (no summary yet)
   // continues from its checkpoint, and --json is the only stdout.
@@ -76,12 +77,12 @@ Deno.test("compare runs each method, prints one table, writes files, and resumes
   assert(by.ddtb.storageK > by.odm.storageK && by.ddtb.bitopsT > by.odm.bitopsT);
 });
 
-Deno.test("compare --ablation runs Table 7 (a)–(e)", async () => {
+Deno.test("compare --ablation runs Table 7 (a)–(e) and the global-cosine row (f)", async () => {
   const out = await Deno.makeTempDir();
   const { stdout } = await compare(["--ablation", "--out", out, "--json"]);
   const parsed = JSON.parse(stdout) as {
     rows: Array<{ method: string; psnr: number | null; flagged?: string }>;
   };
-  assertEquals(parsed.rows.map((r) => r.method), ["fp32", "a", "b", "c", "d", "e"]);
+  assertEquals(parsed.rows.map((r) => r.method), ["fp32", "a", "b", "c", "d", "e", "f"]);
   assert(parsed.rows.every((r) => Number.isFinite(r.psnr) || (r.psnr === null && r.flagged)));
 });

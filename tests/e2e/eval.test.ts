@@ -9,10 +9,9 @@ import { assert, assertEquals, assertGreater, assertMatch } from "@std/assert";
 import * as Checkpoint from "../../lib/Checkpoint.ts";
 import * as Data from "../../lib/Data.ts";
 import * as Image from "../../lib/Image.ts";
-import * as Quant from "../../lib/Quant.ts";
 import * as Recipe from "../../lib/Recipe.ts";
 import * as Tree from "../../lib/Tree.ts";
-import * as Edsr from "../../models/edsr.ts";
+import * as Registry from "../../models/registry.ts";
 import "../_setup.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -81,10 +80,7 @@ Deno.test("eval --json with a quantized checkpoint and --save: pure JSON, rows, 
       quant: { wbits: 4, abits: 4 },
       train: { steps: 0, seed: 3 },
     });
-    const model = Quant.quantize(
-      Edsr.edsr({ numFeat: 4, numBlock: 1, upscale: 4 }),
-      Edsr.placement(Recipe.quantizers(recipe)!),
-    );
+    const model = Registry.quantize(recipe, Registry.architecture(recipe.model));
     const params = model.init(3);
     await Effect.runPromise(Checkpoint.write(`${out}/checkpoint.bin`, {
       step: 0,

@@ -11,10 +11,11 @@ import * as Recipe from "../../lib/Recipe.ts";
 import * as Train from "../../lib/Train.ts";
 import * as Tree from "../../lib/Tree.ts";
 import type { Params } from "../../lib/Tree.ts";
-import { edsr, placement as edsrPlacement } from "../../models/edsr.ts";
-import { placement as rdnPlacement, rdn } from "../../models/rdn.ts";
-import { placement as srresnetPlacement, srresnet } from "../../models/srresnet.ts";
-import { placement as swinirPlacement, swinir } from "../../models/swinir.ts";
+import * as Registry from "../../models/registry.ts";
+import { edsr } from "../../models/edsr.ts";
+import { rdn } from "../../models/rdn.ts";
+import { srresnet } from "../../models/srresnet.ts";
+import { swinir } from "../../models/swinir.ts";
 import "../_setup.ts";
 
 // The optimizer, merge rule and quantizers of an ODM W2A2 recipe (the arch is only a
@@ -26,23 +27,22 @@ const recipe = Recipe.parse({
   regularizer: { merge: "cooperative", lambdaM: 1e-5 },
   train: { steps: 3, batch: 2, patch: 8, lrWeights: 1e-4 },
 });
-const q = Recipe.quantizers(recipe)!;
 
 const models = {
-  edsr: { model: edsr({ upscale: 2, numFeat: 8, numBlock: 2 }), placement: edsrPlacement, n: 4 },
+  edsr: { model: edsr({ upscale: 2, numFeat: 8, numBlock: 2 }), family: "edsr" as const, n: 4 },
   rdn: {
     model: rdn({ upscale: 2, numFeat: 8, numBlock: 2, numConv: 2, growRate: 8 }),
-    placement: rdnPlacement,
+    family: "rdn" as const,
     n: 2 * 2 + 2 + 2,
   },
   srresnet: {
     model: srresnet({ upscale: 2, numFeat: 8, numBlock: 2 }),
-    placement: srresnetPlacement,
+    family: "srresnet" as const,
     n: 4,
   },
   swinir: {
     model: swinir({ upscale: 2, embedDim: 12, depths: [1, 1], numHeads: 2, windowSize: 4 }),
-    placement: swinirPlacement,
+    family: "swinir" as const,
     n: 2 * 4 + 2,
   },
 } as const;
@@ -60,7 +60,7 @@ function calibrate(model: Nn.AnyLayer, params: Params, lr: tf.Tensor): Params {
 
 for (const [name, m] of Object.entries(models)) {
   Deno.test(`${name}: one ODM step at W2A2 — finite loss, no leak between steps 2 and 3`, async () => {
-    const model = Quant.quantize(m.model, m.placement(q));
+    const model = Registry.quantize(recipe, m);
     assertEquals(Quant.layers(model).length, m.n);
     const lr = tf.randomUniform([2, 8, 8, 3], 0, 255, "float32", 1) as tf.Tensor4D;
     const hr = tf.image.resizeNearestNeighbor(lr, [16, 16]);

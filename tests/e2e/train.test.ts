@@ -3,22 +3,30 @@
  * metrics torn mid-line) and resumed ends with exactly the checkpoint of an uninterrupted run;
  * the loss falls; metrics and summary are written. A folder that holds a run is refused unless
  * `--resume` (same recipe, enough steps) or `--force`; a bad `--out` or a patch larger than the
- * data is refused before the work; Ctrl-C (SIGINT) says which checkpoint is kept.
+ * data is refused before the work; Ctrl-C (SIGINT) says which checkpoint is kept. The same
+ * kill and resume on a prepared folder ends with the checkpoint of a run that decoded its
+ * images through a cache too small to hold them.
  */
 import * as tf from "@tensorflow/tfjs";
 import { Effect } from "effect";
 import { assert, assertEquals, assertGreater, assertStringIncludes } from "@std/assert";
 import * as Checkpoint from "../../lib/Checkpoint.ts";
+import * as Prepare from "../../lib/Prepare.ts";
 import "../_setup.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const recipe = new URL("../fixtures/tiny-recipe.ts", import.meta.url).pathname;
 
 /** The real Deno binary (a wrapper's pid would survive SIGKILL, PLATFORM.md). */
-const train = (out: string, extra: string[] = []) =>
+const train = (
+  out: string,
+  extra: string[] = [],
+  o: { readonly recipe?: string; readonly env?: Record<string, string> } = {},
+) =>
   new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "lib/cli/train.ts", "--recipe", recipe, "--out", out, ...extra],
+    args: ["run", "-A", "lib/cli/train.ts", "--recipe", o.recipe ?? recipe, "--out", out, ...extra],
     cwd: root,
+    env: o.env,
     stdout: "piped",
     stderr: "piped",
   });
@@ -242,4 +250,53 @@ Deno.test("Ctrl-C (SIGINT) says which checkpoint is kept, exits 130, and --resum
   const resumed = await attempt(out, ["--resume", "--steps", String(j + 1)]);
   assertEquals(resumed.code, 0, resumed.text);
   assertEquals(await metricSteps(out), Array.from({ length: j + 1 }, (_, i) => i + 1));
+});
+
+Deno.test("on a prepared folder, a run killed midway and resumed ends with the checkpoint of a run decoding through a tiny cache", async () => {
+  // [issue 14] The two ways the streaming loader reads images must give the same run: A decodes
+  // the PNGs on demand through a cache smaller than one image (every patch evicts and decodes
+  // again); B reads its patches from prepared copies, and is SIGKILLed and resumed.
+  const a = await Deno.makeTempDir();
+  const b = await Deno.makeTempDir();
+  const tinyDir = new URL("../fixtures/tiny", import.meta.url).pathname;
+  const prepared = `${await Deno.makeTempDir()}/tiny_prepared`;
+  await Effect.runPromise(Prepare.prepare(tinyDir, { scale: 2, out: prepared, workers: 1 }));
+  const onPrepared = await variant(`{ ...tiny, data: { ...tiny.data, train: "${prepared}" } }`);
+  const logA = await finish(train(a, [], { env: { QAT_DATA_CACHE_MIB: "0.001" } }));
+  assertStringIncludes(logA, "2 decoded on demand (1 worker, cache 0 MiB)");
+  const decoded = /data: 12 batches .*; (\d+) images decoded/.exec(logA);
+  assert(decoded && Number(decoded[1]) > 12, `images decoded again and again:\n${logA}`);
+
+  const child = train(b, [], { recipe: onPrepared }).spawn();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  while ((await stepsLogged(`${b}/metrics.jsonl`)) < 5) {
+    if (exited) {
+      throw new Error(`the run ended before it could be killed: ${JSON.stringify(await status)}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGKILL");
+  assertEquals((await status).signal, "SIGKILL");
+  const resumed = await finish(train(b, ["--resume"], { recipe: onPrepared }));
+  const at = /resumed from \S+ at step (\d+)/.exec(resumed);
+  assert(at && Number(at[1]) >= 4 && Number(at[1]) < 12, resumed);
+  assertStringIncludes(resumed, `2 prepared in ${prepared}`);
+  assertStringIncludes(resumed, "patches read from prepared copies");
+
+  const ca = await Effect.runPromise(Checkpoint.read(`${a}/checkpoint.bin`));
+  const cb = await Effect.runPromise(Checkpoint.read(`${b}/checkpoint.bin`));
+  assertEquals(cb.step, 12);
+  assertEquals([...cb.params.keys()], [...ca.params.keys()]);
+  for (const [k, t] of ca.params) assertEquals(await cb.params.get(k)!.data(), await t.data(), k);
+  for (const [k, t] of ca.opt) assertEquals(await cb.opt.get(k)!.data(), await t.data(), k);
+  tf.dispose([
+    ...ca.params.values(),
+    ...ca.opt.values(),
+    ...cb.params.values(),
+    ...cb.opt.values(),
+  ]);
 });

@@ -166,6 +166,7 @@ export function forward(
   x: tf.TensorInfo,
   filter: tf.TensorInfo,
   transposed: boolean,
+  epilogue: { readonly bias?: tf.TensorInfo; readonly relu?: boolean } = {},
 ): tf.TensorInfo | undefined {
   const tile = forwardTile(t, s.o, s.w, s.k);
   const ip = up(s.i, 4);
@@ -187,9 +188,11 @@ export function forward(
   );
   const out = gpu.output([s.n, s.h, s.w, s.o]);
   const vec4Out = s.o % 4 === 0;
+  const epi: Wgsl.Epilogue = { bias: epilogue.bias !== undefined, relu: epilogue.relu ?? false };
   const pipe = gpu.pipeline(
-    `qat-conv-${storage}-k${s.k}-tp${tile.tp}-to${tile.to}-u${tile.unroll}-${vec4Out}`,
-    () => Wgsl.convForward(storage, s.k, tile, vec4Out),
+    `qat-conv-${storage}-k${s.k}-tp${tile.tp}-to${tile.to}-u${tile.unroll}-${vec4Out}` +
+      `-b${epi.bias}-r${epi.relu}`,
+    () => Wgsl.convForward(storage, s.k, tile, vec4Out, epi),
   );
   const xb = cover / tile.tp;
   const ob = op / tile.to;
@@ -207,7 +210,9 @@ export function forward(
     wp.width,
     total,
   ]);
-  gpu.dispatch(pipe, [{ buffer: out.buffer }, bind(xp), bind(wp), { buffer: u }], total);
+  const bindings = [{ buffer: out.buffer }, bind(xp), bind(wp), { buffer: u }];
+  if (epilogue.bias) bindings.push({ buffer: gpu.bufferOf(epilogue.bias) });
+  gpu.dispatch(pipe, bindings, total);
   gpu.release(xp.resource, wp.resource);
   return out.info;
 }

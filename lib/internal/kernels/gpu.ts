@@ -16,6 +16,7 @@ import type * as tf from "@tensorflow/tfjs";
 import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import { checkBindings } from "./limits.ts";
 import * as Native from "./native.ts";
+import { hook as profileHook } from "./profile.ts";
 
 /** The parts of tfjs's `WebGPUBackend` (4.22.0) we use, some of them private there. */
 interface Internals {
@@ -163,6 +164,7 @@ export class Gpu {
     const b = this.b;
     b.ensureCommandEncoderReady();
     b.endComputePassEncoder();
+    profileHook.current?.copied();
     b.commandEncoder!.copyBufferToTexture(
       { buffer: src, offset, bytesPerRow },
       { texture: dst, origin },
@@ -261,11 +263,18 @@ export class Gpu {
     });
     const b = this.b;
     b.ensureCommandEncoderReady();
+    // While a profiler runs (lib/internal/kernels/profile.ts), each dispatch gets its own pass.
+    const profiled = profileHook.current?.pass();
+    if (profiled) {
+      b.endComputePassEncoder();
+      b.computePassEncoder = b.commandEncoder!.beginComputePass(profiled);
+    }
     if (!b.computePassEncoder) b.computePassEncoder = b.commandEncoder!.beginComputePass({});
     b.computePassEncoder.setPipeline(pipeline);
     b.computePassEncoder.setBindGroup(0, bindGroup);
     b.computePassEncoder.dispatchWorkgroups(x, y, 1);
     b.dispatchCountInPass++;
+    if (profiled) b.endComputePassEncoder();
     Native.dispatched();
   }
 

@@ -8,8 +8,11 @@ import * as tf from "@tensorflow/tfjs";
 import type { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import { Gpu } from "./gpu.ts";
 import * as Conv from "./conv.ts";
+import * as Adam from "./adam.ts";
+import * as DN from "./diff_norm.ts";
 import * as FQ from "./fake_quant.ts";
 import * as MatMul from "./matmul.ts";
+import * as Reduce from "./reduce.ts";
 import type { Tuning } from "./tuning.ts";
 
 /** Which implementation the conv kernels use. */
@@ -95,7 +98,10 @@ function sameConvOf(
 
 let convInstalled = false;
 
-/** Installs our Conv2D, Conv2DBackpropInput and Conv2DBackpropFilter on webgpu (once). */
+/**
+ * Installs our Conv2D, FusedConv2D (bias and ReLU epilogue), Conv2DBackpropInput and
+ * Conv2DBackpropFilter on webgpu (once).
+ */
 export function installConv(): void {
   if (convInstalled || !tf.getKernel("Conv2D", "webgpu")) return;
   convInstalled = true;
@@ -107,6 +113,33 @@ export function installConv(): void {
     const s = sameConvOf(x.shape, filter.shape, a);
     if (!s) return undefined;
     return finish(backend, Conv.forward(gpuOf(backend), state.tuning!, s, x, filter, false));
+  });
+  // tf.fused.conv2d (what Nn.conv2d runs): the bias and a ReLU in the conv's epilogue, one
+  // dispatch less per conv and no pass over the output for the add (the forward Adds were
+  // 5.9% of an EDSR-baseline ODM step on lavapipe, bench/step.ts --profile).
+  override("FusedConv2D", ({ inputs, attrs, backend }) => {
+    const { x, filter, bias, preluActivationWeights } = inputs as Record<
+      string,
+      tf.TensorInfo | undefined
+    >;
+    const a = attrs as unknown as tf.FusedConv2DAttrs;
+    if (!x || !filter || preluActivationWeights) return undefined;
+    if (a.activation !== "linear" && a.activation !== "relu") return undefined;
+    const o = filter.shape[3];
+    if (bias && (bias.shape.at(-1) !== o || tf.util.sizeFromShape(bias.shape) !== o)) {
+      return undefined;
+    }
+    if (!f32(x, filter, ...(bias ? [bias] : [])) || x.shape.length !== 4) return undefined;
+    if (!gpuOf(backend).onBuffers(x, filter, ...(bias ? [bias] : []))) return undefined;
+    const s = sameConvOf(x.shape, filter.shape, a);
+    if (!s) return undefined;
+    return finish(
+      backend,
+      Conv.forward(gpuOf(backend), state.tuning!, s, x, filter, false, {
+        bias,
+        relu: a.activation === "relu",
+      }),
+    );
   });
   override("Conv2DBackpropInput", ({ inputs, attrs, backend }) => {
     const { dy, filter } = inputs as { dy: tf.TensorInfo; filter: tf.TensorInfo };
@@ -196,6 +229,90 @@ export function installFakeQuant(): void {
         attrs as unknown as tf.NamedAttrMap,
       ) as tf.Tensor[];
       return { x: () => dx, lower: () => dl, upper: () => du };
+    },
+  });
+}
+
+/** Registers `QatAdam` (the fused Adam update, lib/internal/kernels/adam.ts) on webgpu and cpu. */
+export function installAdam(): void {
+  if (tf.getKernel(Adam.ADAM, "cpu")) return;
+  tf.registerKernel({ kernelName: Adam.ADAM, backendName: "cpu", kernelFunc: Adam.adamCpu });
+  tf.registerKernel({
+    kernelName: Adam.ADAM,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { g, m, v } = inputs as Record<string, tf.TensorInfo>;
+      const r = Adam.adamGpu(gpuOf(backend), g, m, v, attrs as unknown as Adam.AdamAttrs);
+      gpuOf(backend).endOp(state.batch);
+      return r;
+    },
+  });
+}
+
+let sumInstalled = false;
+
+/** Installs our `Sum` over every axis but the last (lib/internal/kernels/reduce.ts) on webgpu. */
+export function installSum(): void {
+  if (sumInstalled || !tf.getKernel("Sum", "webgpu")) return;
+  sumInstalled = true;
+  override("Sum", ({ inputs, attrs, backend }) => {
+    const { x } = inputs as { x: tf.TensorInfo };
+    const { axis, keepDims } = attrs as unknown as tf.SumAttrs;
+    if (!f32(x) || !gpuOf(backend).onBuffers(x)) return undefined;
+    const d = Reduce.columnSumShape(x.shape, axis);
+    const t = state.tuning!;
+    if (!d || d.rows * d.cols * 4 > t.maxBinding) return undefined;
+    const shape = keepDims ? [...x.shape.slice(0, -1).map(() => 1), d.cols] : [d.cols];
+    return finish(
+      backend,
+      Reduce.columnSum(gpuOf(backend), x, d, shape, t.filterInvocations),
+    );
+  });
+}
+
+/** Registers `QatDiffNorm` and `QatDiffNormGrad` (lib/internal/kernels/diff_norm.ts) and the gradient. */
+export function installDiffNorm(): void {
+  if (tf.getKernel(DN.DIFF_NORM, "cpu")) return;
+  tf.registerKernel({ kernelName: DN.DIFF_NORM, backendName: "cpu", kernelFunc: DN.diffNormCpu });
+  tf.registerKernel({
+    kernelName: DN.DIFF_NORM_GRAD,
+    backendName: "cpu",
+    kernelFunc: DN.diffNormGradCpu,
+  });
+  tf.registerKernel({
+    kernelName: DN.DIFF_NORM,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { x, q } = inputs as Record<string, tf.TensorInfo>;
+      const eps = (attrs as unknown as DN.DiffNormAttrs).eps;
+      const parts = state.tuning?.reduceParts ?? 1024;
+      const r = DN.diffNormGpu(gpuOf(backend), x, q, eps, parts);
+      gpuOf(backend).endOp(state.batch);
+      return r;
+    },
+  });
+  tf.registerKernel({
+    kernelName: DN.DIFF_NORM_GRAD,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, backend }) => {
+      const { dy, x, q, n } = inputs as Record<string, tf.TensorInfo>;
+      const r = DN.diffNormGradGpu(gpuOf(backend), dy, x, q, n);
+      gpuOf(backend).endOp(state.batch);
+      return r;
+    },
+  });
+  tf.registerGradient({
+    kernelName: DN.DIFF_NORM,
+    inputsToSave: ["x", "q"],
+    outputsToSave: [true],
+    gradFunc: (dy, saved) => {
+      const [x, q, n] = saved;
+      const [dx, dq] = tf.engine().runKernel(
+        DN.DIFF_NORM_GRAD,
+        { dy: dy as tf.Tensor, x, q, n },
+        {},
+      ) as tf.Tensor[];
+      return { x: () => dx, q: () => dq };
     },
   });
 }

@@ -122,6 +122,17 @@ export interface ForwardTile {
   readonly unroll: number;
 }
 
+/** What the forward kernel applies to its sums before storing them. */
+export interface Epilogue {
+  /** Adds a per-out-channel bias (binding 4). */
+  readonly bias: boolean;
+  /** Then clamps at 0. */
+  readonly relu: boolean;
+}
+
+/** Stores the plain sums. */
+export const NO_EPILOGUE: Epilogue = { bias: false, relu: false };
+
 /**
  * Forward convolution from packed operands: `y[n,oy,ox,o] = Σ x[n,oy+ky−p,ox+kx−p,i]·w[ky,kx,i,o]`.
  * Per step of `unroll` kernel columns, the `tp + unroll − 1` input texels are loaded once and
@@ -132,9 +143,16 @@ export function convForward(
   k: number,
   tile: ForwardTile,
   vec4Out: boolean,
+  epilogue: Epilogue = NO_EPILOGUE,
 ): string {
   const { tp, to, unroll } = tile;
   if (k % unroll !== 0) throw new Error(`unroll ${unroll} does not divide k ${k}`);
+  // The epilogue on the accumulated sum: `+ bias` then `max(·, 0)`, in that order (tfjs's
+  // FusedConv2D: activation(conv + bias)).
+  const epi = (acc: string, at: string) => {
+    const biased = epilogue.bias ? `(${acc} + Bias[${at}])` : acc;
+    return epilogue.relu ? `max(${biased}, ${vec4Out ? "vec4<f32>(0.0)" : "0.0"})` : biased;
+  };
   const to4 = to / 4;
   const comp = ["x", "y", "z", "w"];
   const accs: string[] = [];
@@ -169,23 +187,25 @@ export function convForward(
     stores.push(`    let base = ((n * u.h + oy) * u.w + ox0 + ${p}) * u.o + o0;`);
     for (let j = 0; j < to4; j++) {
       if (vec4Out) {
-        stores.push(`    if (o0 + ${4 * j} < u.o) { Y[base / 4 + ${j}] = a${p}_${j}; }`);
+        const v = epi(`a${p}_${j}`, `o0 / 4 + ${j}`);
+        stores.push(`    if (o0 + ${4 * j} < u.o) { Y[base / 4 + ${j}] = ${v}; }`);
       } else {
         for (let c = 0; c < 4; c++) {
-          stores.push(
-            `    if (o0 + ${4 * j + c} < u.o) { Y[base + ${4 * j + c}] = a${p}_${j}.${comp[c]}; }`,
-          );
+          const v = epi(`a${p}_${j}.${comp[c]}`, `o0 + ${4 * j + c}`);
+          stores.push(`    if (o0 + ${4 * j + c} < u.o) { Y[base + ${4 * j + c}] = ${v}; }`);
         }
       }
     }
     stores.push("  }");
   }
+  const out = vec4Out ? "vec4<f32>" : "f32";
   return `${header(storage)}
 struct U { n: i32, h: i32, w: i32, xb: i32, ob: i32, c4: i32, o: i32, hp: i32, xw: i32, ww: i32, total: i32 };
-@group(0) @binding(0) var<storage, read_write> Y: array<${vec4Out ? "vec4<f32>" : "f32"}>;
+@group(0) @binding(0) var<storage, read_write> Y: array<${out}>;
 ${operand(storage, "X", 1, "u.xw")}
 ${operand(storage, "Wt", 2, "u.ww")}
 @group(0) @binding(3) var<uniform> u: U;
+${epilogue.bias ? `@group(0) @binding(4) var<storage, read> Bias: array<${out}>;` : ""}
 ${ENTRY}
   if (id >= u.total) { return; }
   let ob = id % u.ob;
