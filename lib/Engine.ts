@@ -28,6 +28,7 @@ import * as Tree from "./Tree.ts";
 import type { Params } from "./Tree.ts";
 import * as Int from "./internal/kernels/intconv.ts";
 import * as Register from "./internal/kernels/register.ts";
+import { type CpuBackend } from "./internal/kernels/cpu.ts";
 
 /**
  * Which engine runs the quantized layers: `int` every eligible layer on the integer kernels,
@@ -85,11 +86,6 @@ interface Entry {
 
 const entries = new Map<number, Entry>();
 let nextId = 1;
-
-interface CpuBackend {
-  readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
-  makeTensorInfo(s: number[], d: tf.DataType, v?: tf.backend_util.BackendValues): tf.TensorInfo;
-}
 
 function limits(): Int.Limits {
   const t = Register.state.tuning;

@@ -56,6 +56,28 @@ export function split(
   return out;
 }
 
+/**
+ * Splits argv into positional arguments (anywhere) and the flags with their values, for
+ * {@link parse}; a flag not in `booleans` takes the next argument as its value.
+ */
+export function positionals(
+  argv: ReadonlyArray<string>,
+  booleans: ReadonlyArray<string>,
+): { args: string[]; flags: string[] } {
+  const args: string[] = [];
+  const flags: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) args.push(a);
+    else {
+      flags.push(a);
+      const takesValue = !a.includes("=") && !booleans.includes(a.slice(2));
+      if (takesValue && i + 1 < argv.length && !argv[i + 1].startsWith("--")) flags.push(argv[++i]);
+    }
+  }
+  return { args, flags };
+}
+
 /** The parts of a zod schema's definition that tell whether it accepts an array. */
 interface Def {
   readonly type: string;

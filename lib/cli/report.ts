@@ -35,28 +35,12 @@ const USAGE = `usage: deno task report <run or compare folder> [--layer <path>] 
 
 const BOOLEANS = ["help"];
 
-/** Splits argv into the positional arguments and the flags (with their values). */
-export function positionals(argv: ReadonlyArray<string>): { args: string[]; flags: string[] } {
-  const args: string[] = [];
-  const flags: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith("--")) args.push(a);
-    else {
-      flags.push(a);
-      const takesValue = !a.includes("=") && !BOOLEANS.includes(a.slice(2));
-      if (takesValue && i + 1 < argv.length && !argv[i + 1].startsWith("--")) flags.push(argv[++i]);
-    }
-  }
-  return { args, flags };
-}
-
 const isFile = (f: string) => Deno.stat(f).then((s) => s.isFile, () => false);
 
 /** The whole `report` task as an Effect program; returns what was written. */
 export const program = (argv: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const { args, flags } = positionals(argv);
+    const { args, flags } = Args.positionals(argv, BOOLEANS);
     const opts = Args.parse(Options, flags, BOOLEANS);
     if (opts.help) {
       console.log(USAGE);

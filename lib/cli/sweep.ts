@@ -58,22 +58,6 @@ const USAGE = `usage: deno task sweep <grid file> [--out DIR] [--slots N] [--db 
 
 const stamp = () => new Date().toISOString().slice(11, 19);
 
-/** Splits argv into the positional arguments and the flags (booleans take no value). */
-function positionals(argv: ReadonlyArray<string>): { args: string[]; flags: string[] } {
-  const args: string[] = [];
-  const flags: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith("--")) args.push(a);
-    else {
-      flags.push(a);
-      const takesValue = !a.includes("=") && !BOOLEANS.includes(a.slice(2));
-      if (takesValue && i + 1 < argv.length && !argv[i + 1].startsWith("--")) flags.push(argv[++i]);
-    }
-  }
-  return { args, flags };
-}
-
 const exists = (f: string) => Deno.stat(f).then(() => true, () => false);
 
 /**
@@ -102,7 +86,7 @@ const report = (dir: string, specs: ReadonlyArray<Sweep.CellSpec>, log: (l: stri
 /** The whole `sweep` task as an Effect program; returns the outcomes. */
 export const program = (argv: ReadonlyArray<string>) =>
   Effect.gen(function* () {
-    const { args, flags } = positionals(argv);
+    const { args, flags } = Args.positionals(argv, BOOLEANS);
     const opts = Args.parse(Options, flags, BOOLEANS);
     if (opts.help) {
       console.log(USAGE);

@@ -15,6 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { ENTRY, type Gpu } from "./gpu.ts";
+import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel name. */
 export const ADAM = "QatAdam";
@@ -32,23 +33,14 @@ export interface AdamAttrs {
 
 const f = Math.fround;
 
-interface CpuBackend {
-  readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
-  makeTensorInfo(
-    shape: number[],
-    dtype: tf.DataType,
-    values?: tf.backend_util.BackendValues,
-  ): tf.TensorInfo;
-}
-
 /** `QatAdam` on cpu: float32 rounding after each op, in the composite's order. */
 export function adamCpu({ inputs, attrs, backend }: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {
   const { g, m, v } = inputs as Record<string, tf.TensorInfo>;
   const o = attrs as unknown as AdamAttrs;
   const b = backend as unknown as CpuBackend;
-  const gs = b.readSync(g.dataId) as Float32Array;
-  const ms = b.readSync(m.dataId) as Float32Array;
-  const vs = b.readSync(v.dataId) as Float32Array;
+  const gs = read(b, g);
+  const ms = read(b, m);
+  const vs = read(b, v);
   const b1 = f(o.b1), nb1 = f(1 - o.b1), b2 = f(o.b2), nb2 = f(1 - o.b2);
   const eps = f(o.eps), c = f(o.c), na = f(-o.a);
   const du = new Float32Array(gs.length);

@@ -13,6 +13,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { ENTRY, type Gpu } from "./gpu.ts";
+import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel names. */
 export const DIFF_NORM = "QatDiffNorm";
@@ -24,17 +25,6 @@ export interface DiffNormAttrs {
 }
 
 const f = Math.fround;
-
-interface CpuBackend {
-  readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
-  makeTensorInfo(
-    shape: number[],
-    dtype: tf.DataType,
-    values?: tf.backend_util.BackendValues,
-  ): tf.TensorInfo;
-}
-
-const read = (b: CpuBackend, t: tf.TensorInfo) => b.readSync(t.dataId) as Float32Array;
 
 /** `QatDiffNorm` on cpu. */
 export function diffNormCpu({ inputs, attrs, backend }: Parameters<tf.KernelFunc>[0]) {

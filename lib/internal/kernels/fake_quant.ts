@@ -13,6 +13,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { ENTRY } from "./gpu.ts";
 import type { Gpu } from "./gpu.ts";
+import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel names. */
 export const FAKE_QUANT = "QatFakeQuant";
@@ -46,17 +47,6 @@ export function quantizeScalar(x: number, l: number, u: number, bits: number): n
 
 // ---------------------------------------------------------------------------------------------
 // cpu
-
-interface CpuBackend {
-  readSync(dataId: tf.DataId): tf.backend_util.BackendValues;
-  makeTensorInfo(
-    shape: number[],
-    dtype: tf.DataType,
-    values?: tf.backend_util.BackendValues,
-  ): tf.TensorInfo;
-}
-
-const read = (b: CpuBackend, t: tf.TensorInfo) => b.readSync(t.dataId) as Float32Array;
 
 /** `QatFakeQuant` on cpu. */
 export function fakeQuantCpu(
