@@ -1,7 +1,9 @@
 /**
  * One training step of a recipe, ready to time: the recipe's quantized model from its starting
  * parameters, a fixed random LR/HR batch of the recipe's batch and patch size, and `Train.step`
- * with one read-back per step as in training. Shared by bench/step.ts and
+ * with one read-back per step, as an unlogged training step: the gradient statistics of
+ * Fig. 2 (cosine, conflict share, regulariser ratio) are computed only on logged steps in
+ * training (every `logEvery`), and bench/reference/step.py computes none either. Shared by bench/step.ts and
  * bench/train_step.bench.ts.
  */
 import * as tf from "@tensorflow/tfjs";
@@ -36,7 +38,7 @@ export async function stepper(recipe: Recipe.Recipe): Promise<Stepper> {
   ) as tf.Tensor4D;
   return {
     run: async () => {
-      const out = Train.step(cfg, state, { lr, hr });
+      const out = Train.step(cfg, state, { lr, hr }, { stats: false });
       await out.report.data(); // one read-back per step, as in training
       out.report.dispose();
       Train.dispose(state);

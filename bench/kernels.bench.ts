@@ -2,7 +2,8 @@
  * Stock tfjs kernels vs ours, per kernel and shape, in one process: Conv2D,
  * Conv2DBackpropInput and Conv2DBackpropFilter at the EDSR-baseline body conv (8×48×48×64,
  * 3×3, 64→64) and a tiny one (4×24×24×32, 3×3, 32→32); BatchMatMul (1024³ and a
- * SwinIR-like linear layer); fakeQuant vs the composite tfjs expression (forward + gradient).
+ * SwinIR-like linear layer); fakeQuant vs the composite tfjs expression (forward + gradient);
+ * Transpose (a pixel shuffle and a matrix).
  * Each iteration runs a few ops back to back and waits for the GPU once (a wait costs ~11 ms
  * under Deno); every pair prints the median ms per op, GFLOP/s and the ratio.
  *
@@ -156,5 +157,21 @@ function composite(x: tf.Tensor, lo: tf.Tensor, hi: tf.Tensor, bits: number): tf
         tf.sum(tf.mul(f(a, l, u, 2), dy))
       )([x, lo, hi]);
     },
+  });
+}
+
+// Transpose: the pixel shuffle of the EDSR-baseline ×4 upsampler's second stage
+// (`[8, 96, 96, 2, 2, 64]` by `[0, 1, 3, 2, 4, 5]`, lib/Nn.ts) and a 2-D matrix (scalar path).
+for (
+  const [name, shape, perm] of [
+    ["pixel shuffle 8x96x96x256", [8, 96, 96, 2, 2, 64], [0, 1, 3, 2, 4, 5]],
+    ["matrix 2048x1024", [2048, 1024], [1, 0]],
+  ] as const
+) {
+  const x = tf.randomNormal([...shape]);
+  pair({
+    group: `Transpose ${name}`,
+    reps: { stock: 2, ours: 8 },
+    op: () => tf.transpose(x, [...perm]),
   });
 }

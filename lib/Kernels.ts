@@ -17,7 +17,9 @@
  *   our conv kernel's epilogue; `Sum` over every axis but the last (every bias gradient) is a
  *   sliced column sum instead of tfjs's transpose + per-channel reduction; {@link adamUpdate}
  *   is one kernel per parameter tensor; {@link diffNorm} is the mismatch term's norm in one
- *   pass, its gradient in one more. Each has a cpu twin or falls back to the composite ops.
+ *   pass, its gradient in one more; float32 `Transpose` (every pixel shuffle and its gradient)
+ *   moves runs of `vec4`s with the shape compiled in. Each has a cpu twin or falls back to the
+ *   composite ops.
  *
  * @module
  */
@@ -28,15 +30,18 @@ import * as Tuning from "./internal/kernels/tuning.ts";
 import * as FQ from "./internal/kernels/fake_quant.ts";
 import * as AdamKernel from "./internal/kernels/adam.ts";
 import * as DiffNorm from "./internal/kernels/diff_norm.ts";
+import * as CoopMerge from "./internal/kernels/merge.ts";
+import * as Upsample from "./internal/kernels/upsample.ts";
 import { installCast } from "./internal/kernels/cast.ts";
 import * as Limits from "./internal/kernels/limits.ts";
+import * as Env from "./internal/env.ts";
 
 /** Which conv and matmul kernels run on `webgpu`: ours (default) or tfjs's stock ones. */
 export type Which = "ours" | "stock";
 
 /** `QAT_KERNELS` (`ours` | `stock`), else `"ours"`. */
 export function defaultWhich(): Which {
-  const env = Deno.env.get("QAT_KERNELS");
+  const env = Env.get("QAT_KERNELS");
   if (env === undefined || env === "") return "ours";
   if (env !== "ours" && env !== "stock") throw new Error("QAT_KERNELS must be ours or stock");
   return env;
@@ -56,9 +61,13 @@ export function install(info: Backend.Info, which: Which = defaultWhich()): void
   Register.installFakeQuant();
   Register.installAdam();
   Register.installDiffNorm();
+  Register.installCoopMerge();
+  Register.installUpsample();
   Register.installConv();
   Register.installMatMul();
   Register.installSum();
+  Register.installTranspose();
+  Register.installConcat();
   Register.state.which = which;
   Register.state.batch = submitBatch();
   Register.state.tuning = info.name === "webgpu" ? Tuning.choose(info) : undefined;
@@ -163,4 +172,64 @@ export function diffNorm(x: tf.Tensor, q: tf.Tensor, eps: number): tf.Scalar {
     return tf.engine().runKernel(DiffNorm.DIFF_NORM, { x, q }, { eps }) as tf.Scalar;
   }
   return tf.sqrt(tf.add(tf.sum(tf.square(tf.sub(x, q))), eps)) as tf.Scalar;
+}
+
+/**
+ * Eq. 6 for one parameter tensor, `λ_R·r + λ_M·(cos(r, m) + 1)/2·m` with
+ * `cos = r·m/(√(r·r·m·m) + eps)`, as one op (lib/internal/kernels/merge.ts); the composite
+ * tfjs ops where the kernel is not registered for the backend.
+ */
+export function coopMerge(
+  r: tf.Tensor,
+  m: tf.Tensor,
+  o: { readonly lambdaR: number; readonly lambdaM: number; readonly eps: number },
+): tf.Tensor {
+  Register.installCoopMerge();
+  if (r.shape.join(",") !== m.shape.join(",")) {
+    throw new Error(`coopMerge: shapes [${r.shape}] and [${m.shape}] differ`);
+  }
+  if (
+    tf.getKernel(CoopMerge.COOP_MERGE, tf.getBackend()) && r.dtype === "float32" &&
+    m.dtype === "float32"
+  ) {
+    return tf.engine().runKernel(CoopMerge.COOP_MERGE, { r, m }, { ...o }) as tf.Tensor;
+  }
+  return tf.tidy(() => {
+    const dot = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(a, b));
+    const cos = tf.div(dot(r, m), tf.add(tf.sqrt(tf.mul(dot(r, r), dot(m, m))), o.eps));
+    const sim = tf.div(tf.add(cos, 1), 2);
+    return tf.add(tf.mul(r, o.lambdaR), tf.mul(m, tf.mul(sim, o.lambdaM)));
+  });
+}
+
+/**
+ * Nearest-neighbour upsampling of `[b, h, w, c]` by an integer `factor` as one op with a
+ * one-op gradient (lib/internal/kernels/upsample.ts); reshape → tile → reshape (the same
+ * values, the same gradient sums in the same order) where the kernel is not registered.
+ */
+export function upsampleNearest(x: tf.Tensor4D, factor: number): tf.Tensor4D {
+  Register.installUpsample();
+  if (tf.getKernel(Upsample.UPSAMPLE, tf.getBackend()) && x.dtype === "float32") {
+    return tf.engine().runKernel(Upsample.UPSAMPLE, { x }, { factor }) as tf.Tensor4D;
+  }
+  const [b, h, w, c] = x.shape;
+  return x.reshape([b * h, 1, w, c]).tile([1, factor, 1, factor]).reshape([
+    b,
+    h * factor,
+    w * factor,
+    c,
+  ]);
+}
+
+/**
+ * The statistics of the merge for one tensor (lib/Cooperative.ts `Stats`) as one op:
+ * `[Σ r·m, Σ r², Σ m², opposite-sign entries, entries non-zero in both, Σ (g − λ_R·r)², 0, 0]`
+ * (lib/internal/kernels/merge.ts `STATS`).
+ */
+export function mergeStats(r: tf.Tensor, m: tf.Tensor, g: tf.Tensor, lambdaR: number): tf.Tensor1D {
+  Register.installCoopMerge();
+  if (r.shape.join(",") !== m.shape.join(",") || r.shape.join(",") !== g.shape.join(",")) {
+    throw new Error(`mergeStats: shapes [${r.shape}], [${m.shape}] and [${g.shape}] differ`);
+  }
+  return tf.engine().runKernel(CoopMerge.MERGE_STATS, { r, m, g }, { lambdaR }) as tf.Tensor1D;
 }

@@ -35,6 +35,7 @@ import * as Image from "./Image.ts";
 import * as Nn from "./Nn.ts";
 import * as Quant from "./Quant.ts";
 import type { Params } from "./Tree.ts";
+import * as Env from "./internal/env.ts";
 
 /** What a tile may use: the largest single tensor and the peak memory of one forward pass. */
 export interface Limits {
@@ -51,7 +52,7 @@ export function currentLimits(): Limits {
     ? (tf.backend() as unknown as { device?: GPUDevice }).device
     : undefined;
   const binding = device?.limits.maxStorageBufferBindingSize ?? Number.POSITIVE_INFINITY;
-  const mb = Number(Deno.env.get("QAT_TILE_MEMORY_MB") ?? DEFAULT_MEMORY_MB);
+  const mb = Number(Env.get("QAT_TILE_MEMORY_MB") ?? DEFAULT_MEMORY_MB);
   return { tensorBytes: 0.8 * binding, memoryBytes: mb * 2 ** 20 };
 }
 

@@ -85,3 +85,28 @@ Deno.test("conflict (Fig. 2c) counts only entries where both streams are non-zer
   assertAlmostEquals((await values(stats.conflict))[0], 2 / 4, 1e-6);
   tf.dispose([...gR.values(), ...gM.values(), ...grads.values(), stats.cosine, stats.conflict]);
 });
+
+Deno.test("the fused statistics equal the composite ones (random streams, zeros, a g_M-free tensor)", async () => {
+  const rnd = (n: number, seed: number) => {
+    let s = seed;
+    return Array.from({ length: n }, () => {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      return s / 2 ** 31 - 1;
+    });
+  };
+  const r1 = rnd(300, 1), m1 = rnd(300, 2).map((v, i) => (i % 7 === 0 ? 0 : v));
+  const gR = flat({ a: r1, b: rnd(37, 3), c: [0, 1, -2, 3], d: rnd(16, 4) });
+  const gM = flat({ a: m1, b: rnd(37, 5), c: [1, -1, 0, -3], d: new Array(16).fill(0) });
+  const merged = Cooperative.cooperative({ lambdaR: 0.9, lambdaM: 0.3 }).merge(gR, gM);
+  const fused = Cooperative.fusedStatistics(gR, gM, merged, 0.9);
+  const composite = {
+    ...Cooperative.statistics(gR, gM),
+    ratio: Cooperative.ratio(gR, merged, 0.9),
+  };
+  for (const k of ["cosine", "conflict", "ratio"] as const) {
+    const [got] = await values(fused[k]), [want] = await values(composite[k]);
+    assertAlmostEquals(got, want, 1e-5 * Math.max(1, Math.abs(want)), k);
+  }
+  tf.dispose([...gR.values(), ...gM.values(), ...merged.values(), ...Object.values(fused)]);
+  tf.dispose(Object.values(composite));
+});

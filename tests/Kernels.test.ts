@@ -12,6 +12,7 @@ import * as Kernels from "../lib/Kernels.ts";
 import * as Register from "../lib/internal/kernels/register.ts";
 import * as Tuning from "../lib/internal/kernels/tuning.ts";
 import { quantizeScalar } from "../lib/internal/kernels/fake_quant.ts";
+import * as Transpose from "../lib/internal/kernels/transpose.ts";
 
 const info = await Backend.initialize({ log: false });
 Kernels.install(info);
@@ -604,4 +605,191 @@ Deno.test("diffNorm (the mismatch term's norm) equals the composite on cpu and w
     }
     tf.dispose([x, q, g]);
   });
+});
+
+Deno.test("Transpose plans merge adjacent axes and drop size-1 axes (hand-worked cases)", () => {
+  // The pixel shuffle of lib/Nn.ts: [b, h, w, r, r, c] with perm [0, 1, 3, 2, 4, 5].
+  assertEquals(Transpose.simplify([8, 48, 48, 2, 2, 64], [0, 1, 3, 2, 4, 5]), {
+    shape: [384, 48, 2, 128],
+    perm: [0, 2, 1, 3],
+  });
+  assertEquals(Transpose.simplify([3, 4, 5], [0, 1, 2]), { shape: [60], perm: [0] });
+  assertEquals(Transpose.simplify([3, 1, 5], [2, 1, 0]), { shape: [3, 5], perm: [1, 0] });
+  assertEquals(Transpose.simplify([1, 1], [1, 0]), { shape: [1], perm: [0] });
+  assertEquals(Transpose.simplify([2, 3, 4, 5], [2, 3, 0, 1]), { shape: [6, 20], perm: [1, 0] });
+});
+
+Deno.test({
+  name: "Transpose equals the cpu backend bit for bit (pixel shuffle, vec4 and scalar paths)",
+  ignore: !gpu,
+  fn: async () => {
+    // The pixel shuffle and its inverse, SwinIR's window partition and attention heads, a
+    // moving innermost axis (scalar path), size-1 axes, odd sizes, the identity, a 2-D matrix.
+    const cases: [number[], number[]][] = [
+      [[2, 5, 7, 2, 2, 8], [0, 1, 3, 2, 4, 5]],
+      [[1, 3, 5, 2, 2, 64], [0, 1, 3, 2, 4, 5]],
+      [[1, 4, 3, 3, 3, 5], [0, 1, 3, 2, 4, 5]],
+      [[2, 3, 4, 3, 4, 12], [0, 1, 3, 2, 4, 5]],
+      [[6, 7, 3, 2, 8], [2, 0, 3, 1, 4]],
+      [[5, 7, 9], [2, 0, 1]],
+      [[3, 1, 5, 4], [3, 1, 0, 2]],
+      [[4, 6, 8], [0, 1, 2]],
+      [[33, 17], [1, 0]],
+    ];
+    for (const [k, [shape, perm]] of cases.entries()) {
+      const run = async () => {
+        const n = shape.reduce((a, b) => a * b, 1);
+        const x = tf.tensor(values(n, 70 + k), shape);
+        const y = tf.transpose(x, perm);
+        const got = { shape: y.shape, data: await y.data() as Float32Array };
+        tf.dispose([x, y]);
+        return got;
+      };
+      const ref = await onCpu(run);
+      const before = tf.memory().numTensors;
+      const ours = await run();
+      assertEquals(tf.memory().numTensors, before);
+      assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
+      assertEquals(ours.data, ref.data, `transpose [${shape}] by [${perm}]`);
+    }
+  },
+});
+
+Deno.test("coopMerge (Eq. 6 for one tensor) equals a float64 oracle and the composite, on cpu and webgpu", async () => {
+  const o = { lambdaR: 1, lambdaM: 0.7, eps: 1e-20 };
+  // Eq. 6 in float64: g = λ_R r + λ_M (cos + 1)/2 m.
+  const oracle = (r: Float32Array, m: Float32Array) => {
+    let ab = 0, aa = 0, bb = 0;
+    for (let i = 0; i < r.length; i++) {
+      ab += r[i] * m[i];
+      aa += r[i] * r[i];
+      bb += m[i] * m[i];
+    }
+    const sim = (ab / (Math.sqrt(aa * bb) + o.eps) + 1) / 2;
+    return r.map((x, i) => o.lambdaR * x + o.lambdaM * sim * m[i]);
+  };
+  // Odd sizes (scalar path), a conv weight (vec4 path, many partial sums), a zero g_M, m = −r.
+  const cases: [number[], (r: Float32Array) => Float32Array][] = [
+    [[7], (r) => values(r.length, 101)],
+    [[3, 3, 64, 64], (r) => values(r.length, 102)],
+    [[5, 4], (r) => new Float32Array(r.length)],
+    [[64], (r) => r.map((x) => -x)],
+  ];
+  for (const [k, [shape, mOf]] of cases.entries()) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const rv = values(n, 100 + k), mv = mOf(rv);
+    const run = async (fused: boolean) => {
+      const r = tf.tensor(rv, shape), m = tf.tensor(mv, shape);
+      const g = fused ? Kernels.coopMerge(r, m, o) : tf.tidy(() => {
+        const dot = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(a, b));
+        const cos = tf.div(dot(r, m), tf.add(tf.sqrt(tf.mul(dot(r, r), dot(m, m))), o.eps));
+        return tf.add(
+          tf.mul(r, o.lambdaR),
+          tf.mul(m, tf.mul(tf.div(tf.add(cos, 1), 2), o.lambdaM)),
+        );
+      });
+      const got = await g.data() as Float32Array;
+      tf.dispose([r, m, g]);
+      return got;
+    };
+    const expected = oracle(rv, mv);
+    const before = tf.memory().numTensors;
+    for (
+      const [where, got] of [
+        ["cpu", await onCpu(() => run(true))],
+        ["current backend", await run(true)],
+        ["composite (cpu)", await onCpu(() => run(false))],
+      ] as const
+    ) {
+      assertClose(got, expected, `coopMerge [${shape}] case ${k} on ${where}`);
+    }
+    assertEquals(tf.memory().numTensors, before);
+  }
+});
+
+Deno.test("upsampleNearest equals the tile composite bit for bit, its gradient too, on cpu and webgpu", async () => {
+  // The composite the op replaced (lib/Nn.ts before): reshape → tile → reshape, whose gradient
+  // sums each r×r square in the same order as the kernels.
+  const composite = (x: tf.Tensor4D, r: number) => {
+    const [b, h, w, c] = x.shape;
+    return x.reshape([b * h, 1, w, c]).tile([1, r, 1, r]).reshape([b, h * r, w * r, c]);
+  };
+  // vec4 channels at ×2 and ×4 (the esrgan upsamplers), odd channels (scalar path), ×3.
+  const cases: [[number, number, number, number], number][] = [
+    [[2, 5, 3, 8], 2],
+    [[1, 3, 4, 12], 4],
+    [[2, 4, 3, 3], 3],
+  ];
+  for (const [k, [shape, r]] of cases.entries()) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const run = async (fused: boolean) => {
+      const x = tf.tensor4d(values(n, 120 + k), shape);
+      const f = (a: tf.Tensor) =>
+        fused ? Kernels.upsampleNearest(a as tf.Tensor4D, r) : composite(a as tf.Tensor4D, r);
+      const y = f(x);
+      const up = tf.tensor(values(y.size, 130 + k), y.shape);
+      const dx = tf.grad((a: tf.Tensor) => tf.sum(tf.mul(f(a), up)))(x);
+      const got = {
+        shape: y.shape,
+        y: await y.data() as Float32Array,
+        dx: await dx.data() as Float32Array,
+      };
+      tf.dispose([x, y, up, dx]);
+      return got;
+    };
+    const ref = await onCpu(() => run(false));
+    const before = tf.memory().numTensors;
+    for (
+      const [where, got] of [["cpu", await onCpu(() => run(true))], [
+        "current backend",
+        await run(true),
+      ]] as const
+    ) {
+      assertEquals(got.shape, ref.shape, `shape, case ${k} on ${where}`);
+      assertEquals(got.y, ref.y, `upsample [${shape}] ×${r} on ${where}`);
+      assertEquals(got.dx, ref.dx, `gradient [${shape}] ×${r} on ${where}`);
+    }
+    assertEquals(tf.memory().numTensors, before);
+  }
+});
+
+Deno.test({
+  name: "Concat and SplitV equal the cpu backend bit for bit (channels, leading axes, odd widths)",
+  ignore: !gpu,
+  fn: async () => {
+    // The RDN dense block's channel concat (vec4 path, runs longer than one chunk), odd channel
+    // counts (scalar path), a leading axis, three inputs, a 1-D concat; splits of the same.
+    const cases: [number[][], number][] = [
+      [[[2, 5, 3, 64], [2, 5, 3, 4]], 3],
+      [[[2, 5, 3, 3], [2, 5, 3, 5], [2, 5, 3, 1]], -1],
+      [[[2, 3, 4], [5, 3, 4]], 0],
+      [[[1, 6, 7, 8], [1, 6, 7, 200]], 3],
+      [[[7], [9]], 0],
+    ];
+    for (const [k, [shapes, axis]] of cases.entries()) {
+      const run = async () => {
+        const xs = shapes.map((s, j) =>
+          tf.tensor(values(s.reduce((a, b) => a * b, 1), 140 + 10 * k + j), s)
+        );
+        const y = tf.concat(xs, axis);
+        const sizes = shapes.map((s) => s.at(axis)!);
+        const parts = tf.split(y, sizes, axis);
+        const got = {
+          shape: y.shape,
+          y: await y.data() as Float32Array,
+          parts: await Promise.all(parts.map((p) => p.data() as Promise<Float32Array>)),
+          inputs: await Promise.all(xs.map((x) => x.data() as Promise<Float32Array>)),
+        };
+        tf.dispose([...xs, y, ...parts]);
+        return got;
+      };
+      const ref = await onCpu(run);
+      const before = tf.memory().numTensors;
+      const ours = await run();
+      assertEquals(tf.memory().numTensors, before);
+      assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
+      assertEquals(ours.y, ref.y, `concat of case ${k}`);
+      ours.parts.forEach((p, j) => assertEquals(p, ours.inputs[j], `split ${j} of case ${k}`));
+    }
+  },
 });

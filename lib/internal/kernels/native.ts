@@ -14,9 +14,10 @@
  *
  * @module
  */
+import * as Env from "../env.ts";
 
 /** Dispatches between two collections (~12 MB of bind groups). */
-export const EVERY = Number(Deno.env.get("QAT_GC_EVERY") ?? 8192);
+export const EVERY = Number(Env.get("QAT_GC_EVERY") ?? 8192);
 
 let gc: (() => void) | undefined;
 let enabled: Promise<void> | undefined;

@@ -11,8 +11,12 @@ import * as Conv from "./conv.ts";
 import * as Adam from "./adam.ts";
 import * as DN from "./diff_norm.ts";
 import * as FQ from "./fake_quant.ts";
+import * as CM from "./merge.ts";
+import * as Concat from "./concat.ts";
+import * as Up from "./upsample.ts";
 import * as MatMul from "./matmul.ts";
 import * as Reduce from "./reduce.ts";
+import * as Transpose from "./transpose.ts";
 import type { Tuning } from "./tuning.ts";
 
 /** Which implementation the conv kernels use. */
@@ -267,6 +271,142 @@ export function installSum(): void {
       backend,
       Reduce.columnSum(gpuOf(backend), x, d, shape, t.filterInvocations),
     );
+  });
+}
+
+/** Registers `QatCoopMerge` (Eq. 6 for one tensor, lib/internal/kernels/merge.ts) on webgpu and cpu. */
+export function installCoopMerge(): void {
+  if (tf.getKernel(CM.COOP_MERGE, "cpu")) return;
+  tf.registerKernel({ kernelName: CM.COOP_MERGE, backendName: "cpu", kernelFunc: CM.coopMergeCpu });
+  tf.registerKernel({
+    kernelName: CM.COOP_MERGE,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { r, m } = inputs as Record<string, tf.TensorInfo>;
+      const parts = state.tuning?.reduceParts ?? 1024;
+      const out = CM.coopMergeGpu(
+        gpuOf(backend),
+        r,
+        m,
+        attrs as unknown as CM.CoopMergeAttrs,
+        parts,
+      );
+      gpuOf(backend).endOp(state.batch);
+      return out;
+    },
+  });
+  tf.registerKernel({
+    kernelName: CM.MERGE_STATS,
+    backendName: "cpu",
+    kernelFunc: CM.mergeStatsCpu,
+  });
+  tf.registerKernel({
+    kernelName: CM.MERGE_STATS,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { r, m, g } = inputs as Record<string, tf.TensorInfo>;
+      const parts = state.tuning?.reduceParts ?? 1024;
+      const a = attrs as unknown as CM.MergeStatsAttrs;
+      const out = CM.mergeStatsGpu(gpuOf(backend), r, m, g, a, parts);
+      gpuOf(backend).endOp(state.batch);
+      return out;
+    },
+  });
+}
+
+/** Registers `QatUpsampleNearest` and its gradient kernel (lib/internal/kernels/upsample.ts). */
+export function installUpsample(): void {
+  if (tf.getKernel(Up.UPSAMPLE, "cpu")) return;
+  const factor = (a: unknown) => (a as Up.UpsampleAttrs).factor;
+  tf.registerKernel({ kernelName: Up.UPSAMPLE, backendName: "cpu", kernelFunc: Up.upsampleCpu });
+  tf.registerKernel({
+    kernelName: Up.UPSAMPLE_GRAD,
+    backendName: "cpu",
+    kernelFunc: Up.upsampleGradCpu,
+  });
+  tf.registerKernel({
+    kernelName: Up.UPSAMPLE,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { x } = inputs as Record<string, tf.TensorInfo>;
+      return finish(backend, Up.upsampleGpu(gpuOf(backend), x, factor(attrs)))!;
+    },
+  });
+  tf.registerKernel({
+    kernelName: Up.UPSAMPLE_GRAD,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { dy } = inputs as Record<string, tf.TensorInfo>;
+      return finish(backend, Up.upsampleGradGpu(gpuOf(backend), dy, factor(attrs)))!;
+    },
+  });
+  tf.registerGradient({
+    kernelName: Up.UPSAMPLE,
+    gradFunc: (dy, _saved, attrs) => ({
+      x: () =>
+        tf.engine().runKernel(Up.UPSAMPLE_GRAD, { dy: dy as tf.Tensor }, {
+          factor: factor(attrs),
+        }) as tf.Tensor,
+    }),
+  });
+}
+
+let concatInstalled = false;
+
+/** Installs our float32 `Concat` and `SplitV` (lib/internal/kernels/concat.ts) on webgpu. */
+export function installConcat(): void {
+  if (concatInstalled || !tf.getKernel("Concat", "webgpu")) return;
+  concatInstalled = true;
+  const fits = (shape: readonly number[]) => {
+    const n = tf.util.sizeFromShape([...shape]);
+    return n > 0 && n * 4 <= state.tuning!.maxBinding;
+  };
+  override("Concat", ({ inputs, attrs, backend }) => {
+    const xs = Object.values(inputs) as tf.TensorInfo[];
+    if (xs.length < 2 || !f32(...xs) || !gpuOf(backend).onBuffers(...xs)) return undefined;
+    if (!xs.every((x) => fits(x.shape) && x.shape.length === xs[0].shape.length)) {
+      return undefined;
+    }
+    const axis = tf.util.parseAxisParam((attrs as unknown as tf.ConcatAttrs).axis, xs[0].shape)[0];
+    const total = xs.reduce((n, x) => n + tf.util.sizeFromShape(x.shape), 0);
+    if (total * 4 > state.tuning!.maxBinding) return undefined;
+    return finish(backend, Concat.concat(gpuOf(backend), xs, axis));
+  });
+  const stockSplit = tf.getKernel("SplitV", "webgpu");
+  if (!stockSplit) return;
+  // SplitV returns several tensors: registered directly (override() is for one output).
+  stock.set("SplitV", stockSplit.kernelFunc);
+  tf.unregisterKernel("SplitV", "webgpu");
+  tf.registerKernel({
+    kernelName: "SplitV",
+    backendName: "webgpu",
+    kernelFunc: (args) => {
+      const { x } = args.inputs as { x: tf.TensorInfo };
+      const a = args.attrs as unknown as tf.SplitVAttrs;
+      const ours = state.which === "ours" && state.tuning !== undefined && f32(x) &&
+        fits(x.shape) && gpuOf(args.backend).onBuffers(x);
+      if (!ours) return stockSplit.kernelFunc(args);
+      const axis = tf.util.parseAxisParam(a.axis, x.shape)[0];
+      const sizes = tf.backend_util.prepareSplitSize(x, a.numOrSizeSplits, axis);
+      const out = Concat.split(gpuOf(args.backend), x, sizes, axis);
+      gpuOf(args.backend).endOp(state.batch);
+      return out;
+    },
+  });
+}
+
+let transposeInstalled = false;
+
+/** Installs our float32 `Transpose` (lib/internal/kernels/transpose.ts) on webgpu. */
+export function installTranspose(): void {
+  if (transposeInstalled || !tf.getKernel("Transpose", "webgpu")) return;
+  transposeInstalled = true;
+  override("Transpose", ({ inputs, attrs, backend }) => {
+    const { x } = inputs as { x: tf.TensorInfo };
+    const { perm } = attrs as unknown as tf.TransposeAttrs;
+    if (!f32(x) || !gpuOf(backend).onBuffers(x)) return undefined;
+    if (tf.util.sizeFromShape(x.shape) * 4 > state.tuning!.maxBinding) return undefined;
+    return finish(backend, Transpose.transpose(gpuOf(backend), x, perm));
   });
 }
 
