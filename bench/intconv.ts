@@ -6,7 +6,7 @@
  * `conv2d + bias`. Each measurement is `--reps` back-to-back layers between two GPU waits, the
  * designs interleaved over `--rounds` rounds; prints the best ms per layer and FP32/int ratios.
  *
- *   deno run -A bench/intconv.ts [--rounds 5] [--reps 8] [--tiles] [--json]
+ *   deno run -A bench/intconv.ts [--rounds 5] [--reps 8] [--size 128] [--tiles] [--json]
  *
  * `--tiles`: also times other register tiles of the integer kernel (how the default was chosen).
  */
@@ -29,7 +29,8 @@ const info = await Backend.initialize({ log: false });
 Kernels.install(info);
 log(`backend: ${Backend.describe(info)}; kernels ${Kernels.describe()}`);
 
-const [N, H, W, C, O, K] = [1, 128, 128, 64, 64, 3];
+const SIZE = arg("--size", 128);
+const [N, H, W, C, O, K] = [1, SIZE, SIZE, 64, 64, 3];
 function uniform(n: number, seed: number, lo: number, hi: number): Float32Array {
   let s = seed >>> 0;
   const out = new Float32Array(n);
