@@ -29,6 +29,7 @@ import * as Conformance from "./Conformance.ts";
 import * as Kernels from "./Kernels.ts";
 import * as Native from "./internal/kernels/native.ts";
 import { gpuOf } from "./internal/kernels/register.ts";
+import { LIMITS } from "./internal/kernels/tuning.ts";
 
 /** The backends the project runs on. */
 export type Name = "webgpu" | "cpu";
@@ -110,19 +111,6 @@ function preferVulkan(): string {
   }
   return "default";
 }
-
-const LIMITS = [
-  "maxTextureDimension2D",
-  "maxStorageBufferBindingSize",
-  "maxBufferSize",
-  "maxComputeWorkgroupStorageSize",
-  "maxComputeWorkgroupsPerDimension",
-  "maxComputeWorkgroupSizeX",
-  "maxComputeWorkgroupSizeY",
-  "maxComputeInvocationsPerWorkgroup",
-  "maxStorageBuffersPerShaderStage",
-  "maxStorageTexturesPerShaderStage",
-] as const;
 
 async function startWebGPU(): Promise<(Info & { readonly api: string }) | string> {
   if (typeof navigator === "undefined" || !("gpu" in navigator)) return "navigator.gpu is absent";

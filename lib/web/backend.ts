@@ -14,20 +14,7 @@ import * as tf from "@tensorflow/tfjs";
 import { WebGPUBackend } from "@tensorflow/tfjs-backend-webgpu";
 import type * as Backend from "../Backend.ts";
 import * as Kernels from "../Kernels.ts";
-
-/** The limits our kernels tune themselves to (as lib/Backend.ts reads them). */
-const LIMITS = [
-  "maxTextureDimension2D",
-  "maxStorageBufferBindingSize",
-  "maxBufferSize",
-  "maxComputeWorkgroupStorageSize",
-  "maxComputeWorkgroupsPerDimension",
-  "maxComputeWorkgroupSizeX",
-  "maxComputeWorkgroupSizeY",
-  "maxComputeInvocationsPerWorkgroup",
-  "maxStorageBuffersPerShaderStage",
-  "maxStorageTexturesPerShaderStage",
-] as const;
+import { LIMITS } from "../internal/kernels/tuning.ts";
 
 /** The adapter's name for people: `google swiftshader`, `nvidia ampere`, or its description. */
 export function adapterName(info: GPUAdapterInfo): string {

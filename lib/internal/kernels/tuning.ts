@@ -10,6 +10,23 @@
  */
 import type { Storage } from "./gpu.ts";
 
+/**
+ * The adapter limits a device is requested with (at the adapter's own values) and our kernels
+ * tune themselves to: lib/Backend.ts under Deno and lib/web/backend.ts in a page.
+ */
+export const LIMITS = [
+  "maxTextureDimension2D",
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeWorkgroupsPerDimension",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupSizeY",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxStorageBuffersPerShaderStage",
+  "maxStorageTexturesPerShaderStage",
+] as const;
+
 /** The knobs of our kernels. */
 export interface Tuning {
   /** Where packed operands live. */

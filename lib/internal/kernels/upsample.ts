@@ -81,6 +81,16 @@ export function upsampleGradCpu({ inputs, attrs, backend }: Parameters<tf.Kernel
   return b.makeTensorInfo([n, h, w, c], "float32", dx);
 }
 
+/** WGSL: the coordinates `(i, y, x, ch)` of input element `id` of `[n, h, w, cv]` (both kernels). */
+const inputCoords = (n: number, h: number, w: number, cv: number) =>
+  `  if (id >= ${n * h * w * cv}) { return; }
+  let q = u32(id);
+  let ch = q % ${cv}u;
+  let x = (q / ${cv}u) % ${w}u;
+  let row = q / ${cv * w}u;
+  let y = row % ${h}u;
+  let i = row / ${h}u;`;
+
 /**
  * Forward: input element (or vec4) `id` of `[n, h, w, c4]` is written to its r×r square. One
  * invocation per input element, not per output: llvmpipe pays per invocation and workgroup,
@@ -95,13 +105,7 @@ function forwardWgsl(shape: readonly number[], r: number, vec4: boolean): string
   return `@group(0) @binding(0) var<storage, read_write> Y: array<${t}>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;
 ${ENTRY}
-  if (id >= ${n * h * w * cv}) { return; }
-  let q = u32(id);
-  let ch = q % ${cv}u;
-  let x = (q / ${cv}u) % ${w}u;
-  let row = q / ${cv * w}u;
-  let y = row % ${h}u;
-  let i = row / ${h}u;
+${inputCoords(n, h, w, cv)}
   let v = X[id];
   for (var a = 0u; a < ${r}u; a++) {
     let base = ((i * ${h * r}u + y * ${r}u + a) * ${W}u + x * ${r}u) * ${cv}u + ch;
@@ -119,13 +123,7 @@ function gradWgsl(shape: readonly number[], r: number, vec4: boolean): string {
   return `@group(0) @binding(0) var<storage, read_write> DX: array<${t}>;
 @group(0) @binding(1) var<storage, read> DY: array<${t}>;
 ${ENTRY}
-  if (id >= ${n * h * w * cv}) { return; }
-  let q = u32(id);
-  let ch = q % ${cv}u;
-  let x = (q / ${cv}u) % ${w}u;
-  let row = q / ${cv * w}u;
-  let y = row % ${h}u;
-  let i = row / ${h}u;
+${inputCoords(n, h, w, cv)}
   var s = ${t}(0.0);
   for (var a = 0u; a < ${r}u; a++) {
     let base = ((i * ${h * r}u + y * ${r}u + a) * ${W}u + x * ${r}u) * ${cv}u + ch;
