@@ -70,12 +70,13 @@ export function cooperative(o: CooperativeOptions): Merge {
       for (const [p, r] of gR) {
         const m = gM.get(p);
         if (!m) throw new Error(`cooperative: no auxiliary gradient for "${p}"`);
-        if (globalSim) {
-          out.set(p, tf.add(tf.mul(r, lambdaR), tf.mul(m, tf.mul(globalSim, o.lambdaM))));
-        } else {
-          // One op per tensor (16 tfjs dispatches as the composite; same formula).
+        if (!globalSim && r.dtype === "float32" && m.dtype === "float32" && Kernels.fusedMerge()) {
+          // One op per tensor (16 tfjs dispatches as the composite below; same formula).
           out.set(p, Kernels.coopMerge(r, m, { lambdaR, lambdaM: o.lambdaM, eps: EPS }));
+          continue;
         }
+        const sim = globalSim ?? tf.div(tf.add(cosine(r, m), 1), 2);
+        out.set(p, tf.add(tf.mul(r, lambdaR), tf.mul(m, tf.mul(sim, o.lambdaM))));
       }
       return out;
     },
@@ -166,9 +167,11 @@ export function combine(
     }));
     const merged = merge.merge(own, aux);
     for (const [p, g] of merged) grads.set(p, g);
-    const stats = withStats
+    const stats = !withStats
+      ? { cosine: tf.scalar(0), conflict: tf.scalar(0), ratio: tf.scalar(0) }
+      : Kernels.fusedMerge()
       ? fusedStatistics(own, aux, merged, merge.lambdaR)
-      : { cosine: tf.scalar(0), conflict: tf.scalar(0), ratio: tf.scalar(0) };
+      : { ...statistics(own, aux), ratio: ratio(own, merged, merge.lambdaR) };
     return { grads, stats };
   };
 }

@@ -174,10 +174,16 @@ export function diffNorm(x: tf.Tensor, q: tf.Tensor, eps: number): tf.Scalar {
   return tf.sqrt(tf.add(tf.sum(tf.square(tf.sub(x, q))), eps)) as tf.Scalar;
 }
 
+/** Whether {@link coopMerge} and {@link mergeStats} have a kernel on the current backend. */
+export function fusedMerge(): boolean {
+  Register.installCoopMerge();
+  return tf.getKernel(CoopMerge.COOP_MERGE, tf.getBackend()) !== undefined;
+}
+
 /**
- * Eq. 6 for one parameter tensor, `λ_R·r + λ_M·(cos(r, m) + 1)/2·m` with
- * `cos = r·m/(√(r·r·m·m) + eps)`, as one op (lib/internal/kernels/merge.ts); the composite
- * tfjs ops where the kernel is not registered for the backend.
+ * Eq. 6 for one float32 parameter tensor, `λ_R·r + λ_M·(cos(r, m) + 1)/2·m` with
+ * `cos = r·m/(√(r·r·m·m) + eps)`, as one op (lib/internal/kernels/merge.ts); where
+ * {@link fusedMerge} holds (lib/Cooperative.ts keeps the composite for the other cases).
  */
 export function coopMerge(
   r: tf.Tensor,
@@ -188,18 +194,7 @@ export function coopMerge(
   if (r.shape.join(",") !== m.shape.join(",")) {
     throw new Error(`coopMerge: shapes [${r.shape}] and [${m.shape}] differ`);
   }
-  if (
-    tf.getKernel(CoopMerge.COOP_MERGE, tf.getBackend()) && r.dtype === "float32" &&
-    m.dtype === "float32"
-  ) {
-    return tf.engine().runKernel(CoopMerge.COOP_MERGE, { r, m }, { ...o }) as tf.Tensor;
-  }
-  return tf.tidy(() => {
-    const dot = (a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(a, b));
-    const cos = tf.div(dot(r, m), tf.add(tf.sqrt(tf.mul(dot(r, r), dot(m, m))), o.eps));
-    const sim = tf.div(tf.add(cos, 1), 2);
-    return tf.add(tf.mul(r, o.lambdaR), tf.mul(m, tf.mul(sim, o.lambdaM)));
-  });
+  return tf.engine().runKernel(CoopMerge.COOP_MERGE, { r, m }, { ...o }) as tf.Tensor;
 }
 
 /**

@@ -39,6 +39,8 @@ export interface Options {
   readonly model?: string;
   /** Called with one line per request that failed (default: `console.error`). */
   readonly onError?: (line: string) => void;
+  /** Called once `--model` is checked, before the bundle is built (a progress line). */
+  readonly onBundling?: () => void;
 }
 
 /** A running server. */
@@ -158,6 +160,7 @@ export async function start(opts: Options = {}): Promise<Server> {
   const model = opts.model === undefined ? undefined : await modelFile(opts.model);
   const onError = opts.onError ?? ((line: string) => console.error(line));
   await Backend.initialize({ prefer: "cpu", log: false });
+  opts.onBundling?.();
   const dir = await Deno.makeTempDir({ prefix: "qat-sr-serve-" });
   const t0 = performance.now();
   let app: string;

@@ -29,6 +29,7 @@ import * as Report from "../lib/Report.ts";
 import * as Resize from "../lib/Resize.ts";
 import * as Tree from "../lib/Tree.ts";
 import { roundHalfEven } from "./_setup.ts";
+import { CHROMIUM } from "./e2e/_page.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 const recipeFile = new URL("./fixtures/tiny-recipe.ts", import.meta.url).pathname;
@@ -415,13 +416,7 @@ Deno.test("Report.writeCompare: table, curves, Fig. 4 crops with PSNR, Fig. 5 ac
   assertAlmostEquals(crops[3].psnr, psnr(summary.qat), 1e-9);
 });
 
-const chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => {
-  try {
-    return Deno.statSync(p).isFile;
-  } catch {
-    return false;
-  }
-});
+const chromium = CHROMIUM;
 if (!chromium) {
   console.log("Report.test.ts: chromium is not installed; the screenshot test is skipped");
 }

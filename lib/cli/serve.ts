@@ -37,15 +37,12 @@ export const program = (argv: ReadonlyArray<string>) =>
       try: () => Args.parse(Options, argv, ["help"]),
       catch: (e) => e as Error,
     });
-    // The model is checked before the bundle is built, so a wrong path fails at once.
-    const model = opts.model === undefined ? undefined : yield* Effect.tryPromise({
-      try: () => Serve.modelFile(opts.model!),
-      catch: (e) => e as Error,
-    });
-    console.log("bundling lib/web/app.ts for the browser (deno bundle --platform browser)…");
+    // Serve.start checks --model before it builds the bundle: a wrong path fails at once.
+    const onBundling = () =>
+      console.log("bundling lib/web/app.ts for the browser (deno bundle --platform browser)…");
     const server = yield* Effect.acquireRelease(
       Effect.tryPromise({
-        try: () => Serve.start({ port: opts.port, model }),
+        try: () => Serve.start({ port: opts.port, model: opts.model, onBundling }),
         catch: (e) => e as Error,
       }),
       (s) => Effect.promise(() => s.shutdown()),

@@ -14,7 +14,7 @@ import * as Registry from "../../models/registry.ts";
 import * as Deploy from "../_deploy.ts";
 import type { HookResult } from "../../lib/web/app.ts";
 
-/** The system chromium, if installed. */
+/** The system chromium, if installed (also tests/Report.test.ts). */
 export const CHROMIUM = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].find((p) => {
   try {
     return Deno.statSync(p).isFile;

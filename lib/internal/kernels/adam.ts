@@ -14,7 +14,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu } from "./gpu.ts";
 import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel name. */
@@ -61,7 +61,7 @@ export function adamCpu({ inputs, attrs, backend }: Parameters<tf.KernelFunc>[0]
 }
 
 function wgsl(vec4: boolean): string {
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   return `struct U { size: i32, b1: f32, nb1: f32, b2: f32, nb2: f32, eps: f32, c: f32, na: f32 };
 @group(0) @binding(0) var<storage, read_write> DU: array<${t}>;
 @group(0) @binding(1) var<storage, read_write> M1: array<${t}>;

@@ -17,13 +17,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu } from "./gpu.ts";
 
 /** Elements (of the kernel's type) one invocation copies. */
 export const RUN = 32;
 
 const SOURCE = (vec4: boolean) => {
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   return `struct U { rows: i32, chunks: i32, count: i32, srcW: i32, srcOff: i32, dstW: i32, dstOff: i32 };
 @group(0) @binding(0) var<storage, read_write> Y: array<${t}>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;

@@ -12,7 +12,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu, partialCount } from "./gpu.ts";
 import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel names. */
@@ -54,10 +54,8 @@ export function diffNormGradCpu({ inputs, backend }: Parameters<tf.KernelFunc>[0
   return [b.makeTensorInfo(x.shape, "float32", dx), b.makeTensorInfo(q.shape, "float32", dq)];
 }
 
-const elem = (vec4: boolean) => (vec4 ? "vec4<f32>" : "f32");
-
 function partialWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   return `struct U { size: i32, parts: i32 };
 @group(0) @binding(0) var<storage, read_write> P: array<f32>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;
@@ -86,7 +84,7 @@ ${ENTRY}
 }`;
 
 function gradWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   return `struct U { size: i32 };
 @group(0) @binding(0) var<storage, read_write> DX: array<${t}>;
 @group(0) @binding(1) var<storage, read_write> DQ: array<${t}>;
@@ -115,7 +113,7 @@ export function diffNormGpu(
   if (size === 0) return gpu.constant([], new Float32Array([Math.sqrt(eps)]));
   const vec4 = size % 4 === 0;
   const n = vec4 ? size / 4 : size;
-  const parts = Math.max(1, Math.min(maxParts, Math.ceil(n / 16)));
+  const parts = partialCount(n, maxParts);
   const partial = gpu.scratch(parts * 4);
   gpu.dispatch(gpu.pipeline(`qat-diffnorm-${vec4}`, () => partialWgsl(vec4)), [
     { buffer: partial },

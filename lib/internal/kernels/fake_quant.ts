@@ -11,7 +11,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY } from "./gpu.ts";
+import { ENTRY, floatType, partialCount } from "./gpu.ts";
 import type { Gpu } from "./gpu.ts";
 import { type CpuBackend, read } from "./cpu.ts";
 
@@ -107,10 +107,8 @@ fn quant(x: ${t}, l: f32, hi: f32, levels: f32) -> ${t} {
 }`;
 
 /** Element type of the elementwise kernels: vec4 when the size is a multiple of 4. */
-const elem = (vec4: boolean) => (vec4 ? "vec4<f32>" : "f32");
-
 function forwardWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   return `struct U { size: i32, levels: f32 };
 @group(0) @binding(0) var<storage, read_write> Y: array<${t}>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;
@@ -129,7 +127,7 @@ ${ENTRY}
  * `id, id + parts, id + 2·parts, …` (`size` counts elements of type `T`).
  */
 function backwardWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   const sum = vec4 ? (v: string) => `dot(${v}, vec4<f32>(1.0))` : (v: string) => v;
   return `struct U { size: i32, parts: i32, levels: f32 };
 @group(0) @binding(0) var<storage, read_write> DX: array<${t}>;
@@ -219,7 +217,7 @@ export function fakeQuantGradGpu(
   }
   const vec4 = size % 4 === 0;
   const n = vec4 ? size / 4 : size;
-  const parts = Math.max(1, Math.min(maxParts, Math.ceil(n / 16)));
+  const parts = partialCount(n, maxParts);
   const dx = gpu.output(x.shape);
   const dl = gpu.output(l.shape);
   const du = gpu.output(u.shape);

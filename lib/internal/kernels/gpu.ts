@@ -52,6 +52,16 @@ export type Binding =
 /** Workgroup size of every 1-D kernel here. */
 export const WG = 16;
 
+/** WGSL element type of a float kernel that moves `vec4`s where the size allows. */
+export const floatType = (vec4: boolean): string => (vec4 ? "vec4<f32>" : "f32");
+
+/**
+ * Invocations of a strided partial reduction over `n` elements: at least 16 elements each, at
+ * most `max` (the adapter's `reduceParts`), then one invocation sums the partials.
+ */
+export const partialCount = (n: number, max: number): number =>
+  Math.max(1, Math.min(max, Math.ceil(n / 16)));
+
 const MAX_POOL_BYTES = 512 * 1024 * 1024;
 
 /** Per-backend state: compiled pipelines and the scratch pool. */

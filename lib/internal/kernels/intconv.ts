@@ -34,9 +34,10 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, WG } from "./gpu.ts";
+import { ENTRY, floatType, WG } from "./gpu.ts";
 import type { Gpu, Storage } from "./gpu.ts";
 import { roundHalfEven } from "./fake_quant.ts";
+import { operand, REQUIRES } from "./wgsl.ts";
 
 /** How codes are packed into u32 words (see the module comment). */
 export interface Layout {
@@ -227,17 +228,6 @@ export function packWeights(layer: HostLayer, l: Layout, tile: Tile): PackedWeig
 // ---------------------------------------------------------------------------------------------
 // WGSL
 
-const REQUIRES = "requires readonly_and_readwrite_storage_textures;\n";
-
-function operand(storage: Storage, name: string, binding: number, rowWidth: string): string {
-  if (storage === "texture") {
-    return `@group(0) @binding(${binding}) var ${name}T: texture_storage_2d<rgba32uint, read>;
-fn ${name}(x: i32, y: i32) -> vec4<u32> { return textureLoad(${name}T, vec2<i32>(x, y)); }`;
-  }
-  return `@group(0) @binding(${binding}) var<storage, read> ${name}B: array<vec4<u32>>;
-fn ${name}(x: i32, y: i32) -> vec4<u32> { return ${name}B[y * ${rowWidth} + x]; }`;
-}
-
 /**
  * Activations `[N, H, W, C]` → codes in texels `(px·G + g, n·Hp + py)` (G texels of 4 words per
  * padded pixel, `p` zero pixels each side and zero columns up to the tile cover) and `S1`, the
@@ -287,7 +277,7 @@ export function packActivationsWgsl(storage: Storage, l: Layout, cin: number): s
   }
   return `${storage === "texture" ? REQUIRES : ""}
 struct U { n: i32, h: i32, w: i32, c: i32, p: i32, g: i32, wp: i32, hp: i32, total: i32, levels: f32, l: f32, hi: f32 };
-@group(0) @binding(0) var<storage, read> src: array<${vec4 ? "vec4<f32>" : "f32"}>;
+@group(0) @binding(0) var<storage, read> src: array<${floatType(vec4)}>;
 ${dst}
 @group(0) @binding(2) var<storage, read_write> S1: array<u32>;
 @group(0) @binding(3) var<uniform> u: U;
@@ -440,7 +430,7 @@ ${
 const SH = ${shift}u;
 struct U { n: i32, h: i32, w: i32, xb: i32, ob: i32, g: i32, o: i32, hp: i32, wp: i32, xw: i32, ww: i32, total: i32, cin: i32, o4: i32, levels: f32, la: f32, ha: f32, sw: f32, lw: f32 };
 @group(0) @binding(0) var<storage, read_write> Y: array<${vec4Out ? "vec4<f32>" : "f32"}>;
-${operand(storage, "X", 1, "u.xw")}
+${operand(storage, "X", 1, "u.xw", "u32")}
 ${
     uboTexels > 0
       ? `@group(0) @binding(2) var<uniform> WtB: array<vec4<u32>, ${uboTexels}>;`

@@ -14,7 +14,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu, partialCount } from "./gpu.ts";
 import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel name. */
@@ -53,10 +53,8 @@ export function coopMergeCpu({ inputs, attrs, backend }: Parameters<tf.KernelFun
   return b.makeTensorInfo(r.shape, "float32", g);
 }
 
-const elem = (vec4: boolean) => (vec4 ? "vec4<f32>" : "f32");
-
 function partialWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   const sum = (v: string) => (vec4 ? `dot(${v}, vec4<f32>(1.0))` : v);
   return `struct U { size: i32, parts: i32 };
 @group(0) @binding(0) var<storage, read_write> P: array<vec4<f32>>;
@@ -93,7 +91,7 @@ ${ENTRY}
 }`;
 
 function applyWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   return `struct U { size: i32, lambdaR: f32 };
 @group(0) @binding(0) var<storage, read_write> G: array<${t}>;
 @group(0) @binding(1) var<storage, read> R: array<${t}>;
@@ -119,7 +117,7 @@ export function coopMergeGpu(
   if (size === 0) return out.info;
   const vec4 = size % 4 === 0;
   const n = vec4 ? size / 4 : size;
-  const parts = Math.max(1, Math.min(maxParts, Math.ceil(n / 16)));
+  const parts = partialCount(n, maxParts);
   const partial = gpu.scratch(parts * 16);
   gpu.dispatch(gpu.pipeline(`qat-coop-partial-${vec4}`, () => partialWgsl(vec4)), [
     { buffer: partial },
@@ -188,7 +186,7 @@ export function mergeStatsCpu({ inputs, attrs, backend }: Parameters<tf.KernelFu
 }
 
 function statsPartialWgsl(vec4: boolean): string {
-  const t = elem(vec4);
+  const t = floatType(vec4);
   const sum = (v: string) => (vec4 ? `dot(${v}, vec4<f32>(1.0))` : v);
   const zero = vec4 ? "vec4<f32>(0.0)" : "0.0";
   const one = vec4 ? "vec4<f32>(1.0)" : "1.0";
@@ -252,7 +250,7 @@ export function mergeStatsGpu(
   if (size === 0) return gpu.constant([8], new Float32Array(8));
   const vec4 = size % 4 === 0;
   const n = vec4 ? size / 4 : size;
-  const parts = Math.max(1, Math.min(maxParts, Math.ceil(n / 16)));
+  const parts = partialCount(n, maxParts);
   const partial = gpu.scratch(parts * 32);
   gpu.dispatch(gpu.pipeline(`qat-merge-stats-${vec4}`, () => statsPartialWgsl(vec4)), [
     { buffer: partial },

@@ -17,7 +17,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu } from "./gpu.ts";
 
 /** Rows and columns of a `Sum` over every axis but the last, or undefined when it is not one. */
 export function columnSumShape(
@@ -35,7 +35,7 @@ export function columnSumShape(
 }
 
 function partialWgsl(vec4: boolean): string {
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   return `struct U { rows: i32, cols: i32, per: i32, total: i32 };
 @group(0) @binding(0) var<storage, read_write> P: array<${t}>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;
@@ -52,7 +52,7 @@ ${ENTRY}
 }
 
 function finalWgsl(vec4: boolean): string {
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   return `struct U { cols: i32, slices: i32 };
 @group(0) @binding(0) var<storage, read_write> Y: array<${t}>;
 @group(0) @binding(1) var<storage, read> P: array<${t}>;

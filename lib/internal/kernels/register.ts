@@ -52,10 +52,13 @@ export function stockKernel(name: string): tf.KernelFunc {
   return f;
 }
 
-/** Replaces the webgpu kernel `name` by `ours`, which may return undefined to use the stock one. */
+/**
+ * Replaces the webgpu kernel `name` by `ours` (one output or several, as tfjs kernels return),
+ * which may return undefined to use the stock one.
+ */
 export function override(
   name: string,
-  ours: (args: KernelArgs) => tf.TensorInfo | undefined,
+  ours: (args: KernelArgs) => tf.TensorInfo | tf.TensorInfo[] | undefined,
 ): void {
   if (!stock.has(name)) {
     const config = tf.getKernel(name, "webgpu");
@@ -77,7 +80,10 @@ export function override(
 
 const f32 = (...ts: tf.TensorInfo[]) => ts.every((t) => t.dtype === "float32");
 
-function finish(backend: object, r: tf.TensorInfo | undefined): tf.TensorInfo | undefined {
+function finish<T extends tf.TensorInfo | tf.TensorInfo[]>(
+  backend: object,
+  r: T | undefined,
+): T | undefined {
   if (r) gpuOf(backend).endOp(state.batch);
   return r;
 }
@@ -372,26 +378,13 @@ export function installConcat(): void {
     if (total * 4 > state.tuning!.maxBinding) return undefined;
     return finish(backend, Concat.concat(gpuOf(backend), xs, axis));
   });
-  const stockSplit = tf.getKernel("SplitV", "webgpu");
-  if (!stockSplit) return;
-  // SplitV returns several tensors: registered directly (override() is for one output).
-  stock.set("SplitV", stockSplit.kernelFunc);
-  tf.unregisterKernel("SplitV", "webgpu");
-  tf.registerKernel({
-    kernelName: "SplitV",
-    backendName: "webgpu",
-    kernelFunc: (args) => {
-      const { x } = args.inputs as { x: tf.TensorInfo };
-      const a = args.attrs as unknown as tf.SplitVAttrs;
-      const ours = state.which === "ours" && state.tuning !== undefined && f32(x) &&
-        fits(x.shape) && gpuOf(args.backend).onBuffers(x);
-      if (!ours) return stockSplit.kernelFunc(args);
-      const axis = tf.util.parseAxisParam(a.axis, x.shape)[0];
-      const sizes = tf.backend_util.prepareSplitSize(x, a.numOrSizeSplits, axis);
-      const out = Concat.split(gpuOf(args.backend), x, sizes, axis);
-      gpuOf(args.backend).endOp(state.batch);
-      return out;
-    },
+  override("SplitV", ({ inputs, attrs, backend }) => {
+    const { x } = inputs as { x: tf.TensorInfo };
+    const a = attrs as unknown as tf.SplitVAttrs;
+    if (!f32(x) || !fits(x.shape) || !gpuOf(backend).onBuffers(x)) return undefined;
+    const axis = tf.util.parseAxisParam(a.axis, x.shape)[0];
+    const sizes = tf.backend_util.prepareSplitSize(x, a.numOrSizeSplits, axis);
+    return finish(backend, Concat.split(gpuOf(backend), x, sizes, axis));
   });
 }
 

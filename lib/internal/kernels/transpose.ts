@@ -19,7 +19,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu } from "./gpu.ts";
 
 /** A transpose after merging: input `shape`, output axis `i` is input axis `perm[i]`. */
 export interface Plan {
@@ -74,7 +74,7 @@ export function wgsl(plan: Plan, vec4: boolean, run = 1): string {
     s *= inShape[a];
   }
   const total = s;
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   const lines: string[] = ["  var rest = u32(id);", "  var src = 0u;"];
   for (let i = r - 1; i >= 0; i--) {
     const size = outShape[i];

@@ -16,7 +16,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { ENTRY, type Gpu } from "./gpu.ts";
+import { ENTRY, floatType, type Gpu } from "./gpu.ts";
 import { type CpuBackend, read } from "./cpu.ts";
 
 /** Kernel names. */
@@ -100,7 +100,7 @@ const inputCoords = (n: number, h: number, w: number, cv: number) =>
 function forwardWgsl(shape: readonly number[], r: number, vec4: boolean): string {
   const [n, h, w, c] = shape;
   const cv = vec4 ? c / 4 : c;
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   const W = w * r;
   return `@group(0) @binding(0) var<storage, read_write> Y: array<${t}>;
 @group(0) @binding(1) var<storage, read> X: array<${t}>;
@@ -118,7 +118,7 @@ ${inputCoords(n, h, w, cv)}
 function gradWgsl(shape: readonly number[], r: number, vec4: boolean): string {
   const [n, h, w, c] = shape;
   const cv = vec4 ? c / 4 : c;
-  const t = vec4 ? "vec4<f32>" : "f32";
+  const t = floatType(vec4);
   const W = w * r;
   return `@group(0) @binding(0) var<storage, read_write> DX: array<${t}>;
 @group(0) @binding(1) var<storage, read> DY: array<${t}>;

@@ -22,16 +22,29 @@
 import { ENTRY } from "./gpu.ts";
 import type { Storage } from "./gpu.ts";
 
-const REQUIRES = "requires readonly_and_readwrite_storage_textures;\n";
+/** The WGSL directive a shader with read-only storage textures needs. */
+export const REQUIRES = "requires readonly_and_readwrite_storage_textures;\n";
 
-/** A read-only operand binding and its loader `fn name(x, y) -> vec4<f32>`. */
-function operand(storage: Storage, name: string, binding: number, rowWidth: string): string {
+/**
+ * A read-only operand binding and its loader `fn name(x, y) -> vec4<T>`, of float texels
+ * (`rgba32float`) or, for the integer conv's packed codes (lib/internal/kernels/intconv.ts),
+ * of u32 ones (`rgba32uint`).
+ */
+export function operand(
+  storage: Storage,
+  name: string,
+  binding: number,
+  rowWidth: string,
+  scalar: "f32" | "u32" = "f32",
+): string {
+  const t = `vec4<${scalar}>`;
   if (storage === "texture") {
-    return `@group(0) @binding(${binding}) var ${name}T: texture_storage_2d<rgba32float, read>;
-fn ${name}(x: i32, y: i32) -> vec4<f32> { return textureLoad(${name}T, vec2<i32>(x, y)); }`;
+    const format = scalar === "f32" ? "rgba32float" : "rgba32uint";
+    return `@group(0) @binding(${binding}) var ${name}T: texture_storage_2d<${format}, read>;
+fn ${name}(x: i32, y: i32) -> ${t} { return textureLoad(${name}T, vec2<i32>(x, y)); }`;
   }
-  return `@group(0) @binding(${binding}) var<storage, read> ${name}B: array<vec4<f32>>;
-fn ${name}(x: i32, y: i32) -> vec4<f32> { return ${name}B[y * ${rowWidth} + x]; }`;
+  return `@group(0) @binding(${binding}) var<storage, read> ${name}B: array<${t}>;
+fn ${name}(x: i32, y: i32) -> ${t} { return ${name}B[y * ${rowWidth} + x]; }`;
 }
 
 /** A write-only packed destination and its store statement. */
