@@ -174,6 +174,20 @@ export function diffNorm(x: tf.Tensor, q: tf.Tensor, eps: number): tf.Scalar {
   return tf.sqrt(tf.add(tf.sum(tf.square(tf.sub(x, q))), eps)) as tf.Scalar;
 }
 
+/**
+ * The values of a float32 tensor, read back from where the device's queue is now: on `webgpu`
+ * the copy is submitted at once, so steps recorded after this call do not delay it (the
+ * training loop reads step k's report while step k+1 runs). `t.data()` elsewhere. `t` may be
+ * disposed once this returns.
+ */
+export function readSoon(t: tf.Tensor): Promise<Float32Array> {
+  const b = tf.backend();
+  if (tf.getBackend() === "webgpu" && t.dtype === "float32" && Register.state.tuning) {
+    return Register.gpuOf(b).readSoon(t);
+  }
+  return t.data() as Promise<Float32Array>;
+}
+
 /** Whether {@link coopMerge} and {@link mergeStats} have a kernel on the current backend. */
 export function fusedMerge(): boolean {
   Register.installCoopMerge();

@@ -33,6 +33,7 @@ import * as Checkpoint from "./Checkpoint.ts";
 import * as Cooperative from "./Cooperative.ts";
 import * as Data from "./Data.ts";
 import * as Evaluate from "./Evaluate.ts";
+import * as Kernels from "./Kernels.ts";
 import * as Loss from "./Loss.ts";
 import type * as Method from "./Method.ts";
 import * as Nn from "./Nn.ts";
@@ -281,28 +282,42 @@ export function dispose(s: State): void {
   for (const t of s.opt.values()) t.dispose();
 }
 
-/**
- * Runs `step` and reads the report back, failing on a non-finite loss. `stats` asks for the
- * gradient statistics (the run computes them on logged steps only).
- */
-export const runStep = (
-  cfg: StepConfig,
-  state: State,
-  b: Data.Batch,
-  stats = true,
-): Effect.Effect<{ state: State; report: StepReport }, NonFiniteLoss> =>
-  Effect.gen(function* () {
-    const t = Data.tensors(b);
-    const out = (() => {
-      try {
-        return step(cfg, state, t, { stats });
-      } finally {
-        t.lr.dispose();
-        t.hr.dispose();
-      }
-    })();
-    const values = yield* Effect.promise(() => out.report.data());
+/** A step dispatched to the device whose report has not been read back yet. */
+interface InFlight {
+  readonly state: State;
+  /** The report's values, on their way back (`Kernels.readSoon`). */
+  readonly values: Promise<Float32Array>;
+  /** The step of the state it started from (it names a failing step). */
+  readonly from: number;
+}
+
+/** Records `step` on a batch (its tensors are freed once recorded); nothing is read back. */
+function dispatch(cfg: StepConfig, state: State, b: Data.Batch, stats: boolean): InFlight {
+  const t = Data.tensors(b);
+  try {
+    const out = step(cfg, state, t, { stats });
+    const values = Kernels.readSoon(out.report);
     out.report.dispose();
+    return { state: out.state, values, from: state.step };
+  } finally {
+    t.lr.dispose();
+    t.hr.dispose();
+  }
+}
+
+/** Frees a step in flight. */
+function drop(f: InFlight): void {
+  f.values.catch(() => {});
+  dispose(f.state);
+}
+
+/**
+ * Reads a dispatched step's report back, failing on a non-finite loss (the step's state is
+ * then freed).
+ */
+const settle = (f: InFlight): Effect.Effect<StepReport, NonFiniteLoss> =>
+  Effect.gen(function* () {
+    const values = yield* Effect.promise(() => f.values);
     const r = Object.fromEntries(REPORT.map((k, i) => [k, values[i]])) as Record<
       (typeof REPORT)[number],
       number
@@ -315,12 +330,25 @@ export const runStep = (
       ? ["the method's terms", r.terms] as const
       : undefined;
     if (bad) {
-      dispose(out.state);
-      return yield* Effect.fail(
-        new NonFiniteLoss({ step: state.step, loss: bad[0], value: bad[1] }),
-      );
+      dispose(f.state);
+      return yield* Effect.fail(new NonFiniteLoss({ step: f.from, loss: bad[0], value: bad[1] }));
     }
-    return { state: out.state, report: { step: state.step + 1, ...r } };
+    return { step: f.from + 1, ...r };
+  });
+
+/**
+ * Runs `step` and reads the report back, failing on a non-finite loss. `stats` asks for the
+ * gradient statistics (the run computes them on logged steps only).
+ */
+export const runStep = (
+  cfg: StepConfig,
+  state: State,
+  b: Data.Batch,
+  stats = true,
+): Effect.Effect<{ state: State; report: StepReport }, NonFiniteLoss> =>
+  Effect.suspend(() => {
+    const f = dispatch(cfg, state, b, stats);
+    return Effect.map(settle(f), (report) => ({ state: f.state, report }));
   });
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +376,14 @@ export type Stage = (e: StepEvent) => Effect.Effect<void, unknown>;
  * The training steps `initial.step + 1 … to` over `batches` as a stream of events. Each
  * step's previous state is freed when the next one exists: the last event's state is the
  * caller's. `logEvery` picks the steps whose gradient statistics are computed (and the last).
+ *
+ * One step runs ahead: step k+1 is recorded and submitted before step k's report is read
+ * back, so the device works through k+1 while this thread waits for k's numbers and runs the
+ * stages of event k. Without it the device idles at every step's readback, and the next step
+ * reaches it only as it is recorded (each wait for the device drains the queue: PLATFORM.md,
+ * "every wait for GPU completion"). The arithmetic is the same. A non-finite loss at step k
+ * fails the stream after step k+1 was recorded; both are freed. A stream stopped early (a
+ * stopping rule, an interrupt) frees the step still in flight.
  */
 export function steps(
   cfg: StepConfig,
@@ -356,20 +392,43 @@ export function steps(
   o: { readonly to: number; readonly logEvery: number },
 ): Stream.Stream<StepEvent, NonFiniteLoss> {
   const started = performance.now();
+  const logs = (s: number) => s % o.logEvery === 0 || s === o.to;
   let current = initial;
-  return batches.pipe(
+  let ahead: InFlight | undefined;
+  // Reads `f` back and makes its state the current one.
+  const complete = (f: InFlight) =>
+    settle(f).pipe(
+      Effect.map((report): StepEvent => {
+        dispose(current);
+        current = f.state;
+        const seconds = (performance.now() - started) / 1000;
+        const logged = logs(report.step);
+        return { state: f.state, report, logged, seconds, from: initial.step, to: o.to };
+      }),
+    );
+  const ran = batches.pipe(
     Stream.mapEffect((b) =>
       Effect.gen(function* () {
-        const logged = (current.step + 1) % o.logEvery === 0 || current.step + 1 === o.to;
-        const { state, report } = yield* runStep(cfg, current, b, logged).pipe(
-          Effect.tapError(() => Effect.sync(() => dispose(current))),
-        );
-        dispose(current);
-        current = state;
-        const seconds = (performance.now() - started) / 1000;
-        return { state, report, logged, seconds, from: initial.step, to: o.to };
+        const prev = ahead;
+        const base = prev?.state ?? current;
+        // The step in flight from here on is `next`: the finalizer frees it if `prev` fails.
+        ahead = yield* Effect.sync(() => dispatch(cfg, base, b, logs(base.step + 1)));
+        return prev ? [yield* complete(prev)] : [];
       })
     ),
+    Stream.flattenIterable,
+  );
+  const last = Stream.suspend(() => {
+    const f = ahead;
+    ahead = undefined;
+    return f ? Stream.fromEffect(complete(f)) : Stream.empty;
+  });
+  return Stream.concat(ran, last).pipe(
+    Stream.tapError(() => Effect.sync(() => dispose(current))),
+    Stream.ensuring(Effect.sync(() => {
+      if (ahead) drop(ahead);
+      ahead = undefined;
+    })),
   );
 }
 

@@ -793,3 +793,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test("readSoon returns a tensor's values as of the call, though the tensor is freed and more work follows", async () => {
+  const n = 1000;
+  const x = tf.tensor1d(values(n, 11));
+  const y = tf.mul(x, 3);
+  const expected = Array.from(await y.data());
+  const soon = Kernels.readSoon(y);
+  y.dispose();
+  // Work recorded after the call, likely on y's recycled buffer.
+  const later: tf.Tensor[] = [];
+  for (let i = 0; i < 20; i++) later.push(tf.add(x, i));
+  const got = await soon;
+  assertEquals(Array.from(got), expected);
+  const check = tf.add(x, 19);
+  assertEquals(Array.from(await later[19].data()), Array.from(await check.data()));
+  check.dispose();
+  tf.dispose([x, ...later]);
+});

@@ -6,7 +6,7 @@
  * run folder's rules are in tests/Run.test.ts.)
  */
 import * as tf from "@tensorflow/tfjs";
-import { Cause, Effect, Exit } from "effect";
+import { Cause, Effect, Exit, Stream } from "effect";
 import {
   assert,
   assertEquals,
@@ -79,6 +79,48 @@ Deno.test("200 training steps leave tf.memory().numTensors unchanged after the f
   assertLess(losses[199], losses[0] * 0.9);
   Train.dispose(state);
   tf.dispose([lr, hr]);
+});
+
+Deno.test("the loop runs one step ahead: its events equal step-by-step runStep, and every state but the last is freed, also when stopped early", async () => {
+  const recipe = tinyRecipe({ lrWeights: 1e-3 });
+  const { built, quantized, ds } = await prepare(recipe);
+  const cfg = Train.configOf(recipe, quantized);
+  const opts = { batch: 2, patch: 6, seed: 3 };
+  // Each run starts from its own copy (a state's tensors are freed with it).
+  const base = Tree.flatten(Tree.merge(quantized.init(0), built.params));
+  const fresh = () =>
+    Train.initialState(cfg, new Map([...base].map(([k, v]) => [k, v.clone()] as const)));
+  // Oracle: one step at a time, each report read back before the next step is recorded.
+  let state = fresh();
+  const expected: Train.StepReport[] = [];
+  for (let i = 0; i < 6; i++) {
+    const r = await Effect.runPromise(
+      Train.runStep(cfg, state, Data.batch(ds, opts, i), i % 2 === 1),
+    );
+    Train.dispose(state);
+    state = r.state;
+    expected.push(r.report);
+  }
+  Train.dispose(state);
+  for (const take of [6, 2]) {
+    const before = tf.memory().numTensors;
+    const initial = fresh();
+    const perState = tf.memory().numTensors - before;
+    const events = await Effect.runPromise(
+      Train.steps(cfg, initial, Data.stream(ds, opts, 0, 6), { to: 6, logEvery: 2 }).pipe(
+        Stream.take(take),
+        Stream.runCollect,
+      ),
+    );
+    const got = [...events];
+    assertEquals(got.map((e) => e.report), expected.slice(0, take));
+    assertEquals(got.map((e) => e.logged), expected.slice(0, take).map((r) => r.step % 2 === 0));
+    // Only the last event's state is left (stopped after 2: the step in flight was freed).
+    assertEquals(tf.memory().numTensors - before, perState, `take ${take}`);
+    Train.dispose(got[got.length - 1].state);
+    assertEquals(tf.memory().numTensors, before);
+  }
+  tf.dispose([...base.values()]);
 });
 
 Deno.test("a non-finite loss stops the run with NonFiniteLoss and keeps a readable, finite checkpoint", async () => {

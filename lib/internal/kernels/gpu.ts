@@ -233,6 +233,31 @@ export class Gpu {
     }
   }
 
+  /**
+   * Starts reading float32 `t` back at this point of the queue: a copy into a mappable buffer
+   * is recorded after the work recorded so far and submitted, then mapped. Work recorded after
+   * this call does not delay the result (tfjs's `data()` records its copy when it is called,
+   * behind everything recorded by then). `t` may be disposed once this returns.
+   */
+  readSoon(t: tf.TensorInfo): Promise<Float32Array> {
+    const src = this.bufferOf(t);
+    const bytes = t.shape.reduce((a, b) => a * b, 1) * 4;
+    const staging = this.device.createBuffer({
+      size: Math.max(4, bytes),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const b = this.b;
+    b.ensureCommandEncoderReady();
+    b.endComputePassEncoder();
+    if (bytes > 0) b.commandEncoder!.copyBufferToBuffer(src, 0, staging, 0, bytes);
+    b.submitQueue();
+    return staging.mapAsync(GPUMapMode.READ).then(() => {
+      const out = new Float32Array(staging.getMappedRange().slice(0, bytes));
+      staging.destroy();
+      return out;
+    });
+  }
+
   /** A uniform buffer holding `values` as i32/f32 words, released by tfjs after the submit. */
   uniforms(values: readonly number[], floats: readonly number[] = []): GPUBuffer {
     const words = Math.max(4, Math.ceil((values.length + floats.length) / 4) * 4);
