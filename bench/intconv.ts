@@ -3,7 +3,7 @@
  * (lib/internal/kernels/conv.ts, what `tf.conv2d` runs) at the EDSR-baseline body shape,
  * 1×128×128×64 → 64, 3×3, bias, in one process with the backend named. The integer side is the
  * whole quantized layer (activation codes from float input, then the conv); the FP32 side is
- * `conv2d + bias`. Each measurement is `--reps` back-to-back layers between two GPU waits, the
+ * `conv2d` with the bias in its epilogue (`tf.fused.conv2d`, as `Nn.conv2d`). Each measurement is `--reps` back-to-back layers between two GPU waits, the
  * designs interleaved over `--rounds` rounds; prints the best ms per layer and FP32/int ratios.
  *
  *   deno run -A bench/intconv.ts [--rounds 5] [--reps 8] [--size 128] [--tiles] [--json]
@@ -59,14 +59,18 @@ interface Design {
   readonly run: () => tf.Tensor;
   readonly dispose?: () => void;
 }
-const designs: Design[] = [{ name: "FP32", run: () => tf.add(tf.conv2d(x, w, 1, "same"), b) }];
-const tiles: Int.Tile[] = Deno.args.includes("--tiles")
-  ? [{ tp: 8, to: 8 }, { tp: 4, to: 16 }, { tp: 2, to: 32 }, { tp: 1, to: 64 }]
-  : [Int.DEFAULT_TILE];
+// FP32: our float conv with the bias in its epilogue (what `Nn.conv2d` runs), like the int kernel.
+const designs: Design[] = [
+  { name: "FP32", run: () => tf.fused.conv2d({ x, filter: w, bias: b, strides: 1, pad: "same" }) },
+];
+// `undefined`: the layout's default tile (Int.tileFor).
+const tiles: (Int.Tile | undefined)[] = Deno.args.includes("--tiles")
+  ? [{ tp: 8, to: 8 }, { tp: 16, to: 8 }, { tp: 16, to: 4 }, { tp: 32, to: 8 }, { tp: 4, to: 16 }]
+  : [undefined];
 for (const bits of (Deno.env.get("BITS") ?? "2,4").split(",").map(Number)) {
   for (const t of tiles) {
     const conv = Engine.intConv(host(bits), t);
-    const tag = tiles.length > 1 ? ` tp${t.tp}·to${t.to}` : "";
+    const tag = t ? ` tp${t.tp}·to${t.to}` : "";
     designs.push({
       name: `W${bits}A${bits}${tag}`,
       run: () => conv.apply(x),

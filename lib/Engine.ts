@@ -71,7 +71,7 @@ export interface Engine {
 /** Options of {@link prepare}. */
 export interface Options {
   readonly kind?: Kind;
-  /** The conv kernel's register tile (default {@link Int.DEFAULT_TILE}). */
+  /** The conv kernel's register tile (default {@link Int.tileFor} the layer's layout). */
   readonly tile?: Int.Tile;
 }
 
@@ -151,7 +151,7 @@ function runsInt(e: Entry, shape: readonly number[]): boolean {
  * The integer conv of one quantized layer, from its host data (codes, grids, bias). Exposed for
  * tests and benchmarks; {@link prepare} builds these for a whole model.
  */
-export function intConv(host: Int.HostLayer, tile: Int.Tile = Int.DEFAULT_TILE): {
+export function intConv(host: Int.HostLayer, tile?: Int.Tile): {
   readonly apply: (x: tf.Tensor4D) => tf.Tensor4D;
   /** Whether an input of this shape fits the adapter (else run the float path). */
   readonly fits: (shape: readonly number[]) => boolean;
@@ -163,7 +163,7 @@ export function intConv(host: Int.HostLayer, tile: Int.Tile = Int.DEFAULT_TILE):
   }
   register();
   const id = nextId++;
-  const e: Entry = { host, layout, tile };
+  const e: Entry = { host, layout, tile: tile ?? Int.tileFor(layout) };
   entries.set(id, e);
   return {
     apply: (x) => tf.engine().runKernel(KERNEL, { x }, { layer: id }) as tf.Tensor4D,
