@@ -172,10 +172,12 @@ export interface Tile {
 }
 
 /**
- * The default tile of a layout, measured on lavapipe (`bench/intconv.ts --tiles`, the conv
- * kernel at 1×128×128×64, one run): 4 codes a word (2–3 bits) 16×8 (W2A2 ×1.84 vs FP32, against
- * ×1.59 at 8×8 and ×1.81 at 32×8); 2 codes a word (4 bits, whose chunked extraction keeps a
- * second set of accumulators) 16×4 (W4A4 ×1.11, against ×0.85 at 8×8 and 16×8).
+ * The default tile of a layout, measured on lavapipe (`bench/intconv.ts --tiles`, the whole
+ * quantized layer at 1×128×128×64 against our FP32 conv with its bias fused, two runs): 4 codes a
+ * word (2–3 bits) 16×8 (W2A2 ×1.26–1.35, against ×0.79–1.10 at 8×8 and ×1.16–1.32 at 32×8); 2
+ * codes a word (4 bits, whose chunked extraction keeps a second set of accumulators) 16×4 (W4A4
+ * ×0.80, against ×0.61–0.65 at 8×8 and 16×8). In the browser on SwiftShader the W2A2 page model
+ * against FP32 at 256² (`bench/page.ts`): ×1.05 with these tiles, ×0.92 with 8×8.
  */
 export const tileFor = (l: Layout): Tile => (l.n === 4 ? { tp: 16, to: 8 } : { tp: 16, to: 4 });
 
