@@ -18,6 +18,7 @@
 import * as tf from "@tensorflow/tfjs";
 import * as Backend from "../lib/Backend.ts";
 import * as Kernels from "../lib/Kernels.ts";
+import { compute, timeDispatches } from "./_raw.ts";
 
 const arg = (name: string, d: string) => {
   const i = Deno.args.indexOf(name);
@@ -130,39 +131,15 @@ const designs: Design[] = [{
 }];
 for (const { tp, to } of tiles) {
   for (const popcount of [true, false]) {
-    const pipe = device.createComputePipeline({
-      layout: "auto",
-      compute: {
-        module: device.createShaderModule({ code: shader(tp, to, popcount) }),
-        entryPoint: "main",
-      },
-    });
-    const group = device.createBindGroup({
-      layout: pipe.getBindGroupLayout(0),
-      entries: [
-        { binding: 0, resource: { buffer: Y } },
-        { binding: 1, resource: XT.createView() },
-        { binding: 2, resource: WT.createView() },
-      ],
-    });
+    const kernel = compute(device, shader(tp, to, popcount), [
+      { buffer: Y },
+      XT.createView(),
+      WT.createView(),
+    ]);
     const workgroups = Math.ceil((N * H * (W / tp) * (O / to)) / 16);
     designs.push({
       name: `bit-plane ${tp}×${to}${popcount ? "" : " --no-popcount"}`,
-      time: async (reps) => {
-        const t0 = performance.now();
-        const enc = device.createCommandEncoder();
-        for (let r = 0; r < reps; r++) {
-          const pass = enc.beginComputePass();
-          pass.setPipeline(pipe);
-          pass.setBindGroup(0, group);
-          const gx = Math.min(workgroups, 32768);
-          pass.dispatchWorkgroups(gx, Math.ceil(workgroups / gx));
-          pass.end();
-        }
-        device.queue.submit([enc.finish()]);
-        await device.queue.onSubmittedWorkDone();
-        return (performance.now() - t0) / reps;
-      },
+      time: (reps) => timeDispatches(device, kernel, workgroups, reps),
     });
   }
 }

@@ -18,6 +18,7 @@
  * @module
  */
 import * as Wgsl from "../lib/internal/kernels/wgsl.ts";
+import { compute, timeDispatches } from "./_raw.ts";
 
 const arg = (name: string, d: string) => {
   const i = Deno.args.indexOf(name);
@@ -77,51 +78,26 @@ const Y = device.createBuffer({ size: N * H * W * O * 4, usage: GPUBufferUsage.S
 
 interface Design {
   readonly name: string;
-  readonly pipe: GPUComputePipeline;
-  readonly group: GPUBindGroup;
+  readonly kernel: ReturnType<typeof compute>;
   readonly workgroups: number;
 }
 const designs: Design[] = [];
 for (const { tp, to } of tiles) {
   for (const [v, code] of variants(tp, to)) {
-    const pipe = device.createComputePipeline({
-      layout: "auto",
-      compute: { module: device.createShaderModule({ code }), entryPoint: "main" },
-    });
     const xb = Math.ceil(W / tp), ob = O / to, total = N * H * xb * ob;
     const u = device.createBuffer({
       size: 64,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
     });
     device.queue.writeBuffer(u, 0, new Int32Array([N, H, W, xb, ob, c4, O, hp, xw, O / 4, total]));
-    const group = device.createBindGroup({
-      layout: pipe.getBindGroupLayout(0),
-      entries: [
-        { binding: 0, resource: { buffer: Y } },
-        { binding: 1, resource: X.createView() },
-        { binding: 2, resource: Wt.createView() },
-        { binding: 3, resource: { buffer: u } },
-      ],
-    });
-    designs.push({ name: `${tp}×${to} ${v}`, pipe, group, workgroups: Math.ceil(total / 16) });
+    const kernel = compute(device, code, [{ buffer: Y }, X.createView(), Wt.createView(), {
+      buffer: u,
+    }]);
+    designs.push({ name: `${tp}×${to} ${v}`, kernel, workgroups: Math.ceil(total / 16) });
   }
 }
 
-async function time(d: Design, reps: number): Promise<number> {
-  const t0 = performance.now();
-  const enc = device.createCommandEncoder();
-  for (let r = 0; r < reps; r++) {
-    const pass = enc.beginComputePass();
-    pass.setPipeline(d.pipe);
-    pass.setBindGroup(0, d.group);
-    const x = Math.min(d.workgroups, 32768);
-    pass.dispatchWorkgroups(x, Math.ceil(d.workgroups / x));
-    pass.end();
-  }
-  device.queue.submit([enc.finish()]);
-  await device.queue.onSubmittedWorkDone();
-  return (performance.now() - t0) / reps;
-}
+const time = (d: Design, reps: number) => timeDispatches(device, d.kernel, d.workgroups, reps);
 
 for (const d of designs) await time(d, 1); // compile
 const samples = new Map(designs.map((d) => [d.name, [] as number[]]));
