@@ -87,6 +87,15 @@ async function onCpu<T>(f: () => Promise<T>): Promise<T> {
   }
 }
 
+/** `run` on the cpu backend (the oracle), then here, where it must leave no tensor behind. */
+async function againstCpu<T>(run: () => Promise<T>): Promise<{ ours: T; ref: T }> {
+  const ref = await onCpu(run);
+  const before = tf.memory().numTensors;
+  const ours = await run();
+  assertEquals(tf.memory().numTensors, before);
+  return { ours, ref };
+}
+
 function withStorage(storage: Tuning.Tuning["storage"]): void {
   Register.state.tuning = { ...Tuning.choose(info), storage };
 }
@@ -493,10 +502,7 @@ Deno.test({
         tf.dispose([x, y]);
         return got;
       };
-      const ref = await onCpu(run);
-      const before = tf.memory().numTensors;
-      const ours = await run();
-      assertEquals(tf.memory().numTensors, before);
+      const { ours, ref } = await againstCpu(run);
       assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
       assertClose(ours.data, ref.data, `sum [${shape}] over ${axis} keepDims ${keep}`);
     }
@@ -541,10 +547,7 @@ Deno.test({
         tf.dispose([x, f, b, r, ...outs]);
         return got;
       };
-      const ref = await onCpu(run);
-      const before = tf.memory().numTensors;
-      const ours = await run();
-      assertEquals(tf.memory().numTensors, before);
+      const { ours, ref } = await againstCpu(run);
       for (const [j, name] of ["relu", "linear", "dx", "dw", "db"].entries()) {
         assertClose(ours[j], ref[j], `${name} x ${c.x} k ${c.k} o ${c.o}`);
       }
@@ -645,10 +648,7 @@ Deno.test({
         tf.dispose([x, y]);
         return got;
       };
-      const ref = await onCpu(run);
-      const before = tf.memory().numTensors;
-      const ours = await run();
-      assertEquals(tf.memory().numTensors, before);
+      const { ours, ref } = await againstCpu(run);
       assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
       assertEquals(ours.data, ref.data, `transpose [${shape}] by [${perm}]`);
     }
@@ -783,10 +783,7 @@ Deno.test({
         tf.dispose([...xs, y, ...parts]);
         return got;
       };
-      const ref = await onCpu(run);
-      const before = tf.memory().numTensors;
-      const ours = await run();
-      assertEquals(tf.memory().numTensors, before);
+      const { ours, ref } = await againstCpu(run);
       assertEquals(ours.shape, ref.shape, `shape of case ${k}`);
       assertEquals(ours.y, ref.y, `concat of case ${k}`);
       ours.parts.forEach((p, j) => assertEquals(p, ours.inputs[j], `split ${j} of case ${k}`));

@@ -53,8 +53,26 @@ export function coopMergeCpu({ inputs, attrs, backend }: Parameters<tf.KernelFun
   return b.makeTensorInfo(r.shape, "float32", g);
 }
 
+/**
+ * WGSL of the sums behind Eq. 6's cosine (`r·m`, `r·r`, `m·m`) over one strided slice of `R`
+ * and `M`: the merge and its logged statistics share it, so both see the same cosine.
+ */
+function cosineSums(t: string): { decl: string; add: string } {
+  return {
+    decl: [`  var ab = ${t}(0.0);`, `  var aa = ${t}(0.0);`, `  var bb = ${t}(0.0);`].join("\n"),
+    add: [
+      "    let r = R[i];",
+      "    let m = M[i];",
+      "    ab += r * m;",
+      "    aa += r * r;",
+      "    bb += m * m;",
+    ].join("\n"),
+  };
+}
+
 function partialWgsl(vec4: boolean): string {
   const t = floatType(vec4);
+  const cosine = cosineSums(t);
   const sum = (v: string) => (vec4 ? `dot(${v}, vec4<f32>(1.0))` : v);
   return `struct U { size: i32, parts: i32 };
 @group(0) @binding(0) var<storage, read_write> P: array<vec4<f32>>;
@@ -63,15 +81,9 @@ function partialWgsl(vec4: boolean): string {
 @group(0) @binding(3) var<uniform> u: U;
 ${ENTRY}
   if (id >= u.parts) { return; }
-  var ab = ${t}(0.0);
-  var aa = ${t}(0.0);
-  var bb = ${t}(0.0);
+${cosine.decl}
   for (var i = id; i < u.size; i += u.parts) {
-    let r = R[i];
-    let m = M[i];
-    ab += r * m;
-    aa += r * r;
-    bb += m * m;
+${cosine.add}
   }
   P[id] = vec4<f32>(${sum("ab")}, ${sum("aa")}, ${sum("bb")}, 0.0);
 }`;
@@ -187,6 +199,7 @@ export function mergeStatsCpu({ inputs, attrs, backend }: Parameters<tf.KernelFu
 
 function statsPartialWgsl(vec4: boolean): string {
   const t = floatType(vec4);
+  const cosine = cosineSums(t);
   const sum = (v: string) => (vec4 ? `dot(${v}, vec4<f32>(1.0))` : v);
   const zero = vec4 ? "vec4<f32>(0.0)" : "0.0";
   const one = vec4 ? "vec4<f32>(1.0)" : "1.0";
@@ -198,18 +211,12 @@ function statsPartialWgsl(vec4: boolean): string {
 @group(0) @binding(4) var<uniform> u: U;
 ${ENTRY}
   if (id >= u.parts) { return; }
-  var ab = ${t}(0.0);
-  var aa = ${t}(0.0);
-  var bb = ${t}(0.0);
+${cosine.decl}
   var conflict = ${t}(0.0);
   var both = ${t}(0.0);
   var extra = ${t}(0.0);
   for (var i = id; i < u.size; i += u.parts) {
-    let r = R[i];
-    let m = M[i];
-    ab += r * m;
-    aa += r * r;
-    bb += m * m;
+${cosine.add}
     let nz = r != ${zero} & m != ${zero};
     both += select(${zero}, ${one}, nz);
     conflict += select(${zero}, ${one}, nz & ((r < ${zero}) != (m < ${zero})));

@@ -204,9 +204,10 @@ export function installFakeQuant(): void {
     backendName: "webgpu",
     kernelFunc: ({ inputs, attrs, backend }) => {
       const { x, lower, upper } = inputs as Record<string, tf.TensorInfo>;
-      const r = FQ.fakeQuantGpu(gpuOf(backend), x, lower, upper, attrsOf(attrs).bits);
-      gpuOf(backend).endOp(state.batch);
-      return r;
+      return finish(
+        backend,
+        FQ.fakeQuantGpu(gpuOf(backend), x, lower, upper, attrsOf(attrs).bits),
+      )!;
     },
   });
   tf.registerKernel({
@@ -215,17 +216,18 @@ export function installFakeQuant(): void {
     kernelFunc: ({ inputs, attrs, backend }) => {
       const { dy, x, lower, upper } = inputs as Record<string, tf.TensorInfo>;
       const parts = state.tuning?.reduceParts ?? 1024;
-      const r = FQ.fakeQuantGradGpu(
-        gpuOf(backend),
-        dy,
-        x,
-        lower,
-        upper,
-        attrsOf(attrs).bits,
-        parts,
-      );
-      gpuOf(backend).endOp(state.batch);
-      return r;
+      return finish(
+        backend,
+        FQ.fakeQuantGradGpu(
+          gpuOf(backend),
+          dy,
+          x,
+          lower,
+          upper,
+          attrsOf(attrs).bits,
+          parts,
+        ),
+      )!;
     },
   });
   tf.registerGradient({
@@ -252,9 +254,10 @@ export function installAdam(): void {
     backendName: "webgpu",
     kernelFunc: ({ inputs, attrs, backend }) => {
       const { g, m, v } = inputs as Record<string, tf.TensorInfo>;
-      const r = Adam.adamGpu(gpuOf(backend), g, m, v, attrs as unknown as Adam.AdamAttrs);
-      gpuOf(backend).endOp(state.batch);
-      return r;
+      return finish(
+        backend,
+        Adam.adamGpu(gpuOf(backend), g, m, v, attrs as unknown as Adam.AdamAttrs),
+      )!;
     },
   });
 }
@@ -290,15 +293,16 @@ export function installCoopMerge(): void {
     kernelFunc: ({ inputs, attrs, backend }) => {
       const { r, m } = inputs as Record<string, tf.TensorInfo>;
       const parts = state.tuning?.reduceParts ?? 1024;
-      const out = CM.coopMergeGpu(
-        gpuOf(backend),
-        r,
-        m,
-        attrs as unknown as CM.CoopMergeAttrs,
-        parts,
-      );
-      gpuOf(backend).endOp(state.batch);
-      return out;
+      return finish(
+        backend,
+        CM.coopMergeGpu(
+          gpuOf(backend),
+          r,
+          m,
+          attrs as unknown as CM.CoopMergeAttrs,
+          parts,
+        ),
+      )!;
     },
   });
   tf.registerKernel({
@@ -313,9 +317,7 @@ export function installCoopMerge(): void {
       const { r, m, g } = inputs as Record<string, tf.TensorInfo>;
       const parts = state.tuning?.reduceParts ?? 1024;
       const a = attrs as unknown as CM.MergeStatsAttrs;
-      const out = CM.mergeStatsGpu(gpuOf(backend), r, m, g, a, parts);
-      gpuOf(backend).endOp(state.batch);
-      return out;
+      return finish(backend, CM.mergeStatsGpu(gpuOf(backend), r, m, g, a, parts))!;
     },
   });
 }
@@ -419,9 +421,7 @@ export function installDiffNorm(): void {
       const { x, q } = inputs as Record<string, tf.TensorInfo>;
       const eps = (attrs as unknown as DN.DiffNormAttrs).eps;
       const parts = state.tuning?.reduceParts ?? 1024;
-      const r = DN.diffNormGpu(gpuOf(backend), x, q, eps, parts);
-      gpuOf(backend).endOp(state.batch);
-      return r;
+      return finish(backend, DN.diffNormGpu(gpuOf(backend), x, q, eps, parts))!;
     },
   });
   tf.registerKernel({
@@ -429,9 +429,7 @@ export function installDiffNorm(): void {
     backendName: "webgpu",
     kernelFunc: ({ inputs, backend }) => {
       const { dy, x, q, n } = inputs as Record<string, tf.TensorInfo>;
-      const r = DN.diffNormGradGpu(gpuOf(backend), dy, x, q, n);
-      gpuOf(backend).endOp(state.batch);
-      return r;
+      return finish(backend, DN.diffNormGradGpu(gpuOf(backend), dy, x, q, n))!;
     },
   });
   tf.registerGradient({
